@@ -1,0 +1,248 @@
+"""HTTP protocol of Label Studio ML backends on current Flask.
+
+GET /health, GET /          liveness: {"status": "UP", "model_class": ...}
+POST /setup                 {"project", "schema", ...} -> {"model_version"}
+POST /predict               {"tasks", "project", "label_config", ...} -> {"results": [...]} one entry per task
+POST /webhook               annotation events -> acknowledged at once
+GET /metrics                counters and latencies as JSON
+
+Run with gunicorn: gunicorn 'backend.server:create_app()' (see scripts/serve.sh).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .fetch import Fetcher
+from .label_config import ConfigError
+from .model import ClipClassifier
+from .settings import Settings, SettingsError
+from .store import EmbeddingStore
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = {"/", "/health"}
+TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message says how."""
+
+
+class ModelRegistry:
+    """One ClipClassifier per (project, labeling config), built once and shared by request threads."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._store: EmbeddingStore | None = None
+        self._models: dict[tuple[str, str], ClipClassifier] = {}
+        self._configs: dict[str, str] = {}  # project -> last label_config seen (from /setup)
+        self._connections: dict[str, tuple[str | None, str | None]] = {}  # project -> (url, token) from /setup
+        self._lock = threading.Lock()
+        self._building: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+    @property
+    def store(self) -> EmbeddingStore | None:
+        with self._lock:
+            if self._store is None:
+                try:
+                    self._store = EmbeddingStore.from_settings(self.settings)
+                except Exception as exc:
+                    logger.error("cannot open the Chroma store (%s); serving without cache", exc)
+                    return None
+            return self._store
+
+    def stats(self) -> dict:
+        total: Counter = Counter()
+        for model in list(self._models.values()):
+            total.update(model.stats)
+        return dict(total)
+
+    def remember(self, project: str, label_config: str | None, url: str | None, token: str | None) -> None:
+        with self._lock:
+            if label_config:
+                self._configs[project] = label_config
+            if url or token:
+                self._connections[project] = (url, token)
+
+    def get(self, project: str, label_config: str | None) -> ClipClassifier:
+        label_config = label_config or self._configs.get(project)
+        if not label_config:
+            raise BadRequest("label_config is missing and /setup was not called for this project")
+        key = (project, hashlib.sha1(label_config.encode()).hexdigest())
+        if key in self._models:
+            return self._models[key]
+        with self._building[key]:  # concurrent first requests build the model once
+            if key not in self._models:
+                url, token = self._connections.get(project, (None, None))
+                fetcher = Fetcher(self.settings,
+                                  label_studio_url=self.settings.label_studio_url or url,
+                                  api_key=self.settings.label_studio_api_key or token)
+                self._models[key] = ClipClassifier(project, label_config, self.settings, self.store, fetcher)
+            return self._models[key]
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = defaultdict(int)
+        self.latency_ms: dict[str, list[float]] = defaultdict(list)
+        self.started = time.time()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                self.counters[name] += value
+
+    def observe(self, endpoint: str, ms: float) -> None:
+        with self._lock:
+            window = self.latency_ms[endpoint]
+            window.append(ms)
+            del window[:-1000]
+
+    def snapshot(self, extra: dict | None = None) -> dict:
+        import numpy as np
+
+        with self._lock:
+            lat = {
+                name: {"count": len(v), "p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
+                for name, v in self.latency_ms.items() if v
+            }
+            counters = {**dict(self.counters), **(extra or {})}
+            return {"uptime_s": round(time.time() - self.started, 1), "counters": counters, "latency": lat}
+
+
+def _project_id(raw) -> str:
+    # Label Studio sends "<id>.<created-at timestamp>"; the id part names the project.
+    if raw is None or raw == "":
+        return "default"
+    text = str(raw).split(".", 1)[0].strip()
+    if not text.isalnum() or len(text) > 64:
+        raise BadRequest(f"project {raw!r} is not a Label Studio project id")
+    return text
+
+
+def _warm_up(model: ClipClassifier) -> None:
+    try:
+        model.load()
+    except Exception:
+        logger.exception("loading the model for project %s failed", model.project_id)
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            raise SystemExit(f"configuration error: {exc}") from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
+    registry = ModelRegistry(settings)
+    metrics = Metrics()
+    app.extensions["registry"] = registry
+    app.extensions["metrics"] = metrics
+
+    @app.before_request
+    def _auth():
+        request.environ["started"] = time.perf_counter()
+        if settings.basic_auth_user and request.path not in PUBLIC_PATHS:
+            auth = request.authorization
+            ok = auth is not None and auth.username is not None and auth.password is not None \
+                and hmac.compare_digest(auth.username, settings.basic_auth_user) \
+                and hmac.compare_digest(auth.password, settings.basic_auth_pass)
+            if not ok:
+                return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="ml-backend"'})
+
+    @app.after_request
+    def _timing(response):
+        started = request.environ.get("started")
+        if started is not None and request.endpoint:
+            metrics.observe(request.endpoint, (time.perf_counter() - started) * 1000)
+        return response
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc):
+        return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(ConfigError)
+    def _bad_config(exc):
+        return jsonify({"error": f"unsupported labeling config: {exc}"}), 400
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        return jsonify({"error": exc.description}), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        logger.exception("unhandled error on %s", request.path)
+        metrics.add(errors=1)
+        return jsonify({"error": f"internal error: {type(exc).__name__}"}), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "UP", "model_class": ClipClassifier.__name__})
+
+    @app.post("/setup")
+    def setup():
+        body = _json_body()
+        project = _project_id(body.get("project"))
+        schema = body.get("schema") or body.get("label_config")
+        if not isinstance(schema, str):
+            raise BadRequest("setup needs the labeling config in 'schema'")
+        registry.remember(project, schema, body.get("hostname"), body.get("access_token"))
+        model = registry.get(project, schema)
+        # Label Studio waits only a few seconds for /setup: load weights in the background.
+        threading.Thread(target=_warm_up, args=(model,), name="warm-up").start()
+        return jsonify({"model_version": model.model_version})
+
+    @app.post("/predict")
+    def predict():
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("'tasks' must be a list of Label Studio tasks")
+        label_config = body.get("label_config")
+        if label_config is not None and not isinstance(label_config, str):
+            raise BadRequest("'label_config' must be a string")
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        model = registry.get(_project_id(body.get("project")), label_config)
+        results = model.predict(tasks, context=params.get("context"))
+        served = sum(1 for r in results if r)
+        metrics.add(predict_requests=1, tasks=len(tasks), predictions=served, tasks_failed=len(tasks) - served)
+        return jsonify({"results": results})
+
+    @app.post("/webhook")
+    def webhook():
+        body = _json_body()
+        event = body.get("action")
+        if event not in TRAIN_EVENTS:
+            return jsonify({"status": "ignored", "reason": f"unknown event {event!r}"}), 200
+        project = body.get("project")
+        project_id = _project_id(project.get("id") if isinstance(project, dict) else project)
+        label_config = project.get("label_config") if isinstance(project, dict) else None
+        metrics.add(**{f"webhook_{event.lower()}": 1})
+        model = registry.get(project_id, label_config)
+        return jsonify({"status": "ok", "result": model.fit(event, body)}), 201
+
+    @app.get("/metrics")
+    def metrics_view():
+        return jsonify(metrics.snapshot(registry.stats()))
+
+    logger.info("backend ready: %s", settings)
+    return app

@@ -1,0 +1,83 @@
+"""Durable annotation log and atomic model versions."""
+import os
+import pickle
+
+import pytest
+
+from backend.annotations import AnnotationLog, choices_from_result
+from backend.versions import VersionStore
+
+
+def _ann(aid, task, choice, cancelled=False, from_name="label"):
+    return ({"id": aid, "task": task, "was_cancelled": cancelled,
+             "result": [{"from_name": from_name, "to_name": "text", "type": "choices", "value": {"choices": [choice]}}]},
+            {"id": task, "data": {"text": f"task {task}"}})
+
+
+def test_choices_from_result_ignores_other_region_types():
+    result = [{"from_name": "c", "type": "choices", "value": {"choices": ["a", "b"]}},
+              {"from_name": "r", "type": "rectanglelabels", "value": {"rectanglelabels": ["x"]}},
+              "garbage", {"type": "choices", "value": {}}]
+    assert choices_from_result(result) == {"c": ["a", "b"]}
+    assert choices_from_result(None) == {}
+
+
+def test_latest_live_annotation_per_task_wins(tmp_path):
+    log = AnnotationLog(tmp_path / "a.sqlite3")
+    log.record("1", *_ann(10, 100, "ham"))
+    log.record("1", *_ann(11, 100, "spam"))  # a second annotator, later: latest wins
+    log.record("1", *_ann(12, 101, "ham"))
+    log.record("1", *_ann(13, 102, "spam", cancelled=True))  # skipped tasks are not labels
+    log.record("2", *_ann(14, 100, "ham"))  # another project
+    tasks = {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")}
+    assert tasks == {100: ["spam"], 101: ["ham"]}
+    log.record("1", *_ann(12, 101, "spam"))  # ANNOTATION_UPDATED replaces
+    log.delete("1", [11])  # ANNOTATIONS_DELETED: the earlier annotation of task 100 is live again
+    assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {100: ["ham"], 101: ["spam"]}
+
+
+def test_generations_count_every_change_and_survive_reopen(tmp_path):
+    log = AnnotationLog(tmp_path / "a.sqlite3")
+    for i in range(5):
+        log.record("7", *_ann(i, i, "ham"), label_config="<View/>")
+    generation, trained, config = log.generations("7")
+    assert (generation, trained, config) == (5, 0, "<View/>")
+    log.mark_trained("7", 3)
+    assert log.projects_needing_training() == ["7"]
+    reopened = AnnotationLog(tmp_path / "a.sqlite3")
+    assert reopened.generations("7")[:2] == (5, 3) and len(reopened.labeled_tasks("7")) == 5
+    reopened.mark_trained("7", 5)
+    assert reopened.projects_needing_training() == []
+
+
+def test_replace_all_reconciles_with_label_studio(tmp_path):
+    log = AnnotationLog(tmp_path / "a.sqlite3")
+    log.record("1", *_ann(1, 1, "ham"))
+    log.record("1", *_ann(2, 2, "ham"))
+    log.replace_all("1", [_ann(2, 2, "spam"), _ann(3, 3, "ham")])  # 1 was deleted in LS, 2 changed
+    assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {2: ["spam"], 3: ["ham"]}
+
+
+def test_versions_are_numbered_and_latest_survives_a_crash_mid_write(tmp_path):
+    store = VersionStore(tmp_path)
+    v1 = store.save("3", lambda n: f"enc/v{n}", {"label": "head-1"}, {"fingerprint": "f"})
+    v2 = store.save("3", lambda n: f"enc/v{n}", {"label": "head-2"}, {"fingerprint": "f"})
+    assert (v1.number, v2.number, v2.name) == (1, 2, "enc/v2")
+    assert store.latest("3").load_heads() == {"label": "head-2"}
+
+    def crash(directory, number):
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        store.save("3", lambda n: f"enc/v{n}", {"label": "head-3"}, {}, write_extras=crash)
+    assert store.latest("3").name == "enc/v2"
+    assert not [p for p in (tmp_path / "projects" / "3" / "versions").iterdir() if p.name.startswith(".tmp")]
+    # a half-written directory (as after kill -9) and a LATEST pointing to it are ignored
+    half = tmp_path / "projects" / "3" / "versions" / "0003"
+    half.mkdir()
+    (half / "heads.pkl").write_bytes(pickle.dumps({"label": "partial"})[:5])
+    (tmp_path / "projects" / "3" / "versions" / "LATEST").write_text("3")
+    assert store.latest("3").name == "enc/v2"
+    assert [v.number for v in store.all("3")] == [1, 2]
+    assert store.find("3", "enc/v1").number == 1 and store.find("3", "2").number == 2
+    assert os.path.exists(v1.directory / "meta.json")

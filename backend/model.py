@@ -2,7 +2,8 @@
 predict(tasks, context) returns one prediction per task; fit(event, data) learns from annotations.
 
 Data flow for predict: task data → fetch (fetch.py) → embed, cached in Chroma (pipeline.py, store.py)
-→ head (heads.py) → Label Studio prediction with score = confidence in the top choice.
+→ head (heads.py: zero-shot until annotations train a better one) → Label Studio prediction with
+score = confidence in the top choice.
 """
 from __future__ import annotations
 
@@ -14,85 +15,140 @@ import numpy as np
 
 from .encoders import encoder_id, get_encoder
 from .fetch import Fetcher, FetchError
-from .heads import ZeroShotHead, choose_labels
+from .heads import ZeroShotHead
 from .label_config import Target, parse_label_config
 from .pipeline import Item, embed_items
 from .prompts import label_prototypes
 from .settings import Settings
 from .store import EmbeddingStore
+from .versions import VersionStore
 
 logger = logging.getLogger(__name__)
 
 
 class ClipClassifier:
     def __init__(self, project_id: str, label_config: str, settings: Settings,
-                 store: EmbeddingStore | None = None, fetcher: Fetcher | None = None):
+                 store: EmbeddingStore | None = None, fetcher: Fetcher | None = None,
+                 versions: VersionStore | None = None, trainer=None):
         self.project_id = str(project_id)
         self.settings = settings
         self.config = parse_label_config(label_config)  # raises ConfigError for configs we cannot serve
         self.store = store
         self.fetcher = fetcher or Fetcher(settings)
+        self.versions = versions or VersionStore(settings.model_dir)
+        self.trainer = trainer  # records annotations and retrains in the background (training.py)
         self.encoder_ids = {t.to_name: encoder_id(t.modality, settings) for t in self.config.targets}
         self._encoders: dict[str, object] = {}
-        self._heads: dict[str, ZeroShotHead] = {}
+        self._zero_shot: dict[str, ZeroShotHead] = {}
+        self._trained: dict[str, object] = {}  # from_name -> head of the active version
+        self._version = None  # the active trained ModelVersion, if any
         self._load_lock = threading.Lock()
         self.stats: Counter = Counter()  # embeddings_cached, embeddings_computed, items_failed
+        self.refresh()
+
+    # -- versions ----------------------------------------------------------------------------
+    @property
+    def _encoder_prefix(self) -> str:
+        return "+".join(dict.fromkeys(self.encoder_ids.values()))
+
+    def version_name(self, number: int) -> str:
+        return f"{self._encoder_prefix}/v{number}-{self.config.fingerprint}"
 
     @property
     def model_version(self) -> str:
-        """Names encoder(s) and head; known before any model weights are loaded, so /setup is instant."""
-        encoders = "+".join(dict.fromkeys(self.encoder_ids.values()))
-        return f"{encoders}/zeroshot-{self.config.fingerprint}"
+        """Names encoder(s) and head; known before any weights load, so /setup answers at once."""
+        if self._version is not None:
+            return self._version.name
+        return f"{self._encoder_prefix}/zeroshot-{self.config.fingerprint}"
 
+    def refresh(self) -> None:
+        """Serve the newest saved version trained for this labeling config (cheap when nothing changed)."""
+        number = self.versions.latest_number(self.project_id)
+        if number is None or (self._version is not None and self._version.number == number):
+            return
+        with self._load_lock:
+            version = self.versions.latest(self.project_id)
+            if version is None or version.meta.get("fingerprint") != self.config.fingerprint:
+                return  # trained for another config (labels changed): zero-shot until retrained
+            try:
+                heads = version.load_heads()
+            except Exception:
+                logger.exception("project %s: cannot load %s; keeping %s", self.project_id, version.name,
+                                 self.model_version)
+                return
+            self._trained, self._version = heads, version
+            logger.info("project %s: serving %s", self.project_id, version.name)
+
+    # -- encoders and heads --------------------------------------------------------------------
     def load(self) -> "ClipClassifier":
-        """Load encoders and build label prototypes (slow the first time: model weights)."""
+        """Load encoders and build zero-shot label prototypes (slow the first time: model weights)."""
         with self._load_lock:
             for target in self.config.targets:
-                if target.from_name in self._heads:
+                if target.from_name in self._zero_shot:
                     continue
                 encoder = get_encoder(target.modality, self.settings)
                 self._encoders[target.to_name] = encoder
-                self._heads[target.from_name] = ZeroShotHead(label_prototypes(encoder, target.labels),
-                                                             encoder.logit_scale)
+                self._zero_shot[target.from_name] = ZeroShotHead(
+                    label_prototypes(encoder, target.labels), encoder.logit_scale, multiple=target.multiple)
         return self
 
+    def zero_shot_head(self, target: Target) -> ZeroShotHead:
+        self.load()
+        return self._zero_shot[target.from_name]
+
+    def head(self, target: Target):
+        return self._trained.get(target.from_name) or self.zero_shot_head(target)
+
     # -- inference ---------------------------------------------------------------------------
+    def embed(self, target: Target, tasks: list, progress=None) -> tuple[list[int], list[np.ndarray]]:
+        """Embeddings of the target's item in each task (through the store); (task indices, vectors)."""
+        self.load()
+        indices, items, errors = self._items(tasks, target)
+        for index, reason in errors.items():
+            logger.warning("task %s: no %s embedding: %s", _task_id(tasks[index]), target.to_name, reason)
+        if not items:
+            self.stats.update(items_failed=len(errors))
+            return [], []
+        embedded = embed_items(items, self._encoders[target.to_name], lambda it: self._load(it, target),
+                               self.store, self.project_id, workers=self.settings.fetch_workers, progress=progress)
+        self.stats.update(embeddings_cached=embedded.cached, embeddings_computed=embedded.computed,
+                          items_failed=len(errors) + len(embedded.errors))
+        ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
+        return [i for i, _ in ok], [e for _, e in ok]
+
     def predict(self, tasks: list, context: dict | None = None, progress=None, **kwargs) -> list:
         """One entry per task, in order: a prediction dict, or [] when no prediction could be made."""
-        self.load()
+        self.refresh()
+        version = self.model_version
         per_task_results: list[list[dict]] = [[] for _ in tasks]
         per_task_scores: list[list[float]] = [[] for _ in tasks]
         for target in self.config.targets:
-            indices, items, errors = self._items(tasks, target)
-            for index, reason in errors.items():
-                logger.warning("task %s: no %s prediction: %s", _task_id(tasks[index]), target.from_name, reason)
-            if not items:
+            indices, embeddings = self.embed(target, tasks, progress=progress)
+            if not indices:
                 continue
-            embedded = embed_items(items, self._encoders[target.to_name], lambda it: self._load(it, target),
-                                   self.store, self.project_id, workers=self.settings.fetch_workers,
-                                   progress=progress)
-            self.stats.update(embeddings_cached=embedded.cached, embeddings_computed=embedded.computed,
-                              items_failed=len(errors) + len(embedded.errors))
-            ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
-            if not ok:
-                continue
-            proba = self._heads[target.from_name].predict_proba(np.stack([e for _, e in ok]))
-            for (task_index, _), row in zip(ok, proba):
-                chosen = choose_labels(row, target.multiple)
-                confidence = float(row[chosen[0]])
+            head = self.head(target)
+            proba = head.predict_proba(np.stack(embeddings))
+            for task_index, row in zip(indices, proba):
+                confidence = float(head.score(row))
                 per_task_results[task_index].append({
                     "from_name": target.from_name,
                     "to_name": target.to_name,
                     "type": "choices",
-                    "value": {"choices": [target.labels[i].output for i in chosen]},
+                    "value": {"choices": [target.labels[i].output for i in head.choose(row)]},
                     "score": confidence,
                 })
                 per_task_scores[task_index].append(confidence)
-        version = self.model_version
         return [
             {"result": results, "score": min(scores), "model_version": version} if results else []
             for results, scores in zip(per_task_results, per_task_scores)
         ]
+
+    # -- learning ----------------------------------------------------------------------------
+    def fit(self, event: str, data: dict, **kwargs) -> dict:
+        """A Label Studio event: record the annotation durably, retrain in the background, return at once."""
+        if self.trainer is None:
+            return {"status": "ignored", "reason": "no trainer configured"}
+        return self.trainer.handle(self.project_id, event, data)
 
     def _items(self, tasks: list, target: Target):
         indices, items, errors = [], [], {}
@@ -103,7 +159,7 @@ class ClipClassifier:
                 continue
             task_id = task.get("id")
             indices.append(index)
-            items.append(Item(task_id=task_id if isinstance(task_id, int) else None,
+            items.append(Item(task_id=task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None,
                               field=target.to_name, source=data[target.data_key]))
         return indices, items, errors
 
@@ -113,12 +169,6 @@ class ClipClassifier:
                 raise FetchError(f"image reference is a {type(item.source).__name__}, not a URL")
             return self.fetcher.load_image(item.source, task_id=item.task_id)
         return self.fetcher.load_text(item.source, is_url=target.value_is_url, task_id=item.task_id)
-
-    # -- learning ----------------------------------------------------------------------------
-    def fit(self, event: str, data: dict, **kwargs) -> dict:
-        """Annotation events are acknowledged; the retraining loop builds on this entry point."""
-        logger.info("project %s: %s received", self.project_id, event)
-        return {"model_version": self.model_version}
 
 
 def _task_id(task) -> object:

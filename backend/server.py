@@ -4,7 +4,9 @@ GET /health, GET /          liveness: {"status": "UP", "model_class": ...}
 POST /setup                 {"project", "schema", ...} -> {"model_version"}
 POST /predict               {"tasks", "project", "label_config", ...} -> {"results": [...]} one entry per task
 POST /webhook               annotation events -> acknowledged at once
-GET /metrics                counters and latencies as JSON
+GET /metrics                counters, latencies and training state as JSON
+GET /reports                evaluation reports of every model version (JSON list)
+GET /reports/latest         the newest report (HTML; ?format=json for JSON), /reports/<version> likewise
 
 Run with gunicorn: gunicorn 'backend.server:create_app()' (see scripts/serve.sh).
 """
@@ -20,11 +22,14 @@ from collections import Counter, defaultdict
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .annotations import AnnotationLog
 from .fetch import Fetcher
 from .label_config import ConfigError
 from .model import ClipClassifier
 from .settings import Settings, SettingsError
 from .store import EmbeddingStore
+from .training import Trainer
+from .versions import VersionStore
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,9 @@ class ModelRegistry:
         self._connections: dict[str, tuple[str | None, str | None]] = {}  # project -> (url, token) from /setup
         self._lock = threading.Lock()
         self._building: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self.versions = VersionStore(settings.model_dir)
+        self.log = AnnotationLog(settings.model_dir / "annotations.sqlite3")
+        self.trainer = Trainer(settings, self, self.log, self.versions)
 
     @property
     def store(self) -> EmbeddingStore | None:
@@ -72,8 +80,13 @@ class ModelRegistry:
             if url or token:
                 self._connections[project] = (url, token)
 
+    def connection(self, project: str) -> tuple[str | None, str | None]:
+        """Label Studio URL and token: the environment's, else what /setup sent for this project."""
+        url, token = self._connections.get(str(project), (None, None))
+        return self.settings.label_studio_url or url, self.settings.label_studio_api_key or token
+
     def get(self, project: str, label_config: str | None) -> ClipClassifier:
-        label_config = label_config or self._configs.get(project)
+        label_config = label_config or self._configs.get(project) or self.log.generations(project)[2]
         if not label_config:
             raise BadRequest("label_config is missing and /setup was not called for this project")
         key = (project, hashlib.sha1(label_config.encode()).hexdigest())
@@ -81,11 +94,10 @@ class ModelRegistry:
             return self._models[key]
         with self._building[key]:  # concurrent first requests build the model once
             if key not in self._models:
-                url, token = self._connections.get(project, (None, None))
-                fetcher = Fetcher(self.settings,
-                                  label_studio_url=self.settings.label_studio_url or url,
-                                  api_key=self.settings.label_studio_api_key or token)
-                self._models[key] = ClipClassifier(project, label_config, self.settings, self.store, fetcher)
+                url, token = self.connection(project)
+                fetcher = Fetcher(self.settings, label_studio_url=url, api_key=token)
+                self._models[key] = ClipClassifier(project, label_config, self.settings, self.store, fetcher,
+                                                   self.versions, self.trainer)
             return self._models[key]
 
 
@@ -229,20 +241,63 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/webhook")
     def webhook():
+        # Label Studio waits 1 s and runs this inside the annotator's request: record, then train later.
         body = _json_body()
         event = body.get("action")
         if event not in TRAIN_EVENTS:
             return jsonify({"status": "ignored", "reason": f"unknown event {event!r}"}), 200
         project = body.get("project")
+        if project in (None, ""):
+            raise BadRequest("webhook payload has no project")
         project_id = _project_id(project.get("id") if isinstance(project, dict) else project)
-        label_config = project.get("label_config") if isinstance(project, dict) else None
         metrics.add(**{f"webhook_{event.lower()}": 1})
-        model = registry.get(project_id, label_config)
-        return jsonify({"status": "ok", "result": model.fit(event, body)}), 201
+        result = registry.trainer.handle(project_id, event, body)
+        return jsonify({"status": "ok", "result": result}), 201
+
+    @app.get("/reports")
+    def reports_list():
+        projects = [request.args["project"]] if request.args.get("project") else registry.versions.projects()
+        listing = []
+        for project in projects:
+            for version in registry.versions.all(_project_id(project)):
+                report = version.report() or {}
+                listing.append({
+                    "project": project, "version": version.name, "number": version.number,
+                    "created_at": version.meta.get("created_at"), "labels": version.meta.get("labels"),
+                    "head": report.get("head"), "test_accuracy": (report.get("test") or {}).get("accuracy"),
+                    "url": f"/reports/{version.number}?project={project}",
+                })
+        return jsonify({"reports": listing})
+
+    @app.get("/reports/<path:version>")
+    def report_view(version):
+        project = request.args.get("project")
+        if not project:
+            known = registry.versions.projects()
+            if len(known) != 1:
+                raise BadRequest(f"add ?project=<id>; projects with reports: {known}")
+            project = known[0]
+        project = _project_id(project)
+        found = registry.versions.latest(project) if version == "latest" else \
+            registry.versions.find(project, version.removeprefix("v") if version[1:].isdigit() else version)
+        if found is None:
+            return jsonify({"error": f"no report {version!r} for project {project}"}), 404
+        if request.args.get("format") == "json" or request.accept_mimetypes.best == "application/json":
+            return jsonify(found.report() or {})
+        html = found.directory / "report.html"
+        if not html.exists():
+            return jsonify({"error": f"version {found.name} has no HTML report"}), 404
+        return Response(html.read_text(), mimetype="text/html")
 
     @app.get("/metrics")
     def metrics_view():
-        return jsonify(metrics.snapshot(registry.stats()))
+        trainer = registry.trainer
+        return jsonify({**metrics.snapshot(registry.stats()),
+                        "training": {"runs": dict(trainer.runs), "failures": dict(trainer.failures),
+                                     "last_error": trainer.last_error, "busy": trainer.busy()}})
 
+    resumed = registry.trainer.resume()  # annotations recorded before a restart are trained on now
+    if resumed:
+        logger.info("resuming training for projects %s", resumed)
     logger.info("backend ready: %s", settings)
     return app

@@ -1,0 +1,35 @@
+"""The few Label Studio API calls the learning loop makes, through label-studio-sdk
+(which also exchanges personal access tokens for access tokens)."""
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class LabelStudioAPI:
+    def __init__(self, url: str, api_key: str):
+        from label_studio_sdk import LabelStudio
+
+        self.client = LabelStudio(base_url=url, api_key=api_key, timeout=60)
+
+    def tasks(self, project: int) -> tuple[list[tuple[dict, dict]], list[dict]]:
+        """(labeled, unlabeled): labeled = (latest live annotation, task) pairs; unlabeled = tasks."""
+        labeled, unlabeled = [], []
+        for task in self.client.tasks.list(project=int(project), fields="all", page_size=500):
+            task_dict = {"id": task.id, "data": task.data}
+            live = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
+            if live:
+                latest = max(live, key=lambda a: (a.get("updated_at") or "", a.get("id") or 0))
+                labeled.append((latest, task_dict))
+            elif not (task.annotations or []):
+                unlabeled.append(task_dict)
+        return labeled, unlabeled
+
+    def push_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:
+        for start in range(0, len(predictions), chunk):
+            self.client.projects.import_predictions(id=int(project), request=predictions[start:start + chunk])
+        return len(predictions)
+
+    def set_model_version(self, project: int, model_version: str) -> None:
+        self.client.projects.update(id=int(project), model_version=model_version)

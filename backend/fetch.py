@@ -132,14 +132,37 @@ class Fetcher:
         fileuri = base64.urlsafe_b64encode(ref.encode()).decode()
         return self._http(f"{self.auth.url}/tasks/{task_id}/resolve/?fileuri={fileuri}", with_auth=True)
 
+    def host_allowed(self, url: str) -> bool:
+        """Label Studio's host, plus ALLOWED_FETCH_HOSTS: the backend is no open proxy into the network."""
+        host = (urllib.parse.urlparse(url).hostname or "").lower()
+        if not host:
+            return False
+        if self.auth.url and host == (urllib.parse.urlparse(self.auth.url).hostname or "").lower():
+            return True
+        for pattern in self.settings.allowed_fetch_hosts:
+            if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+                return True
+        return False
+
     def _http(self, url: str, with_auth: bool) -> bytes:
         limit, timeout = self.settings.fetch_max_bytes, self.settings.fetch_timeout_s
-        for attempt in (0, 1):
-            headers = self.auth.headers(force_refresh=attempt == 1) if with_auth else {}
+        refreshed = False
+        for _hop in range(4):  # at most 3 redirects, each checked against the allowlist
+            if not self.host_allowed(url):
+                raise FetchError(f"host of {_redact(url)} is not Label Studio's and not in ALLOWED_FETCH_HOSTS")
+            headers = self.auth.headers(force_refresh=refreshed) if with_auth else {}
             try:
-                with self.session.get(url, headers=headers, timeout=timeout, stream=True) as resp:
-                    if resp.status_code == 401 and with_auth and attempt == 0 and "Bearer" in str(headers):
-                        continue  # access token expired early: refresh once
+                with self.session.get(url, headers=headers, timeout=timeout, stream=True,
+                                      allow_redirects=False) as resp:
+                    if resp.status_code == 401 and with_auth and not refreshed and "Bearer" in str(headers):
+                        refreshed = True  # access token expired early: refresh once
+                        continue
+                    if resp.is_redirect and resp.headers.get("Location"):
+                        target = urllib.parse.urljoin(url, resp.headers["Location"])
+                        # credentials go to Label Studio only, never along a redirect to another host
+                        with_auth = with_auth and urllib.parse.urlparse(target).netloc == urllib.parse.urlparse(url).netloc
+                        url = target
+                        continue
                     if resp.status_code != 200:
                         raise FetchError(f"HTTP {resp.status_code} for {_redact(url)}")
                     declared = resp.headers.get("Content-Length")
@@ -156,7 +179,7 @@ class Fetcher:
                     return b"".join(chunks)
             except requests.RequestException as exc:
                 raise FetchError(f"{type(exc).__name__} for {_redact(url)}") from None
-        raise FetchError(f"HTTP 401 for {_redact(url)}: check LABEL_STUDIO_API_KEY")
+        raise FetchError(f"too many redirects or repeated 401 for {_redact(url)}")
 
     # -- local files ---------------------------------------------------------------------------
     def _local_files_path(self, parsed) -> Path | None:
@@ -203,7 +226,8 @@ class Fetcher:
                 value = str(value)
             else:
                 raise FetchError(f"text value is a {type(value).__name__}, not a string")
-        value = value.strip()
+        # lone surrogates (from non-UTF-8 input decoded with surrogateescape) break tokenizers
+        value = value.encode("utf-8", "replace").decode("utf-8").strip()
         if not value:
             raise FetchError("empty text")
         return value[: self.settings.max_text_chars]

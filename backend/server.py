@@ -217,7 +217,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         schema = body.get("schema") or body.get("label_config")
         if not isinstance(schema, str):
             raise BadRequest("setup needs the labeling config in 'schema'")
-        registry.remember(project, schema, body.get("hostname"), body.get("access_token"))
+        hostname, token = body.get("hostname"), body.get("access_token")
+        hostname = hostname if isinstance(hostname, str) and hostname.startswith(("http://", "https://")) else None
+        token = token if isinstance(token, str) and token.strip() else None
+        registry.remember(project, schema, hostname, token)
         model = registry.get(project, schema)
         # Label Studio waits only a few seconds for /setup: load weights in the background.
         threading.Thread(target=_warm_up, args=(model,), name="warm-up").start()
@@ -244,7 +247,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Label Studio waits 1 s and runs this inside the annotator's request: record, then train later.
         body = _json_body()
         event = body.get("action")
-        if event not in TRAIN_EVENTS:
+        if not isinstance(event, str) or event not in TRAIN_EVENTS:
             return jsonify({"status": "ignored", "reason": f"unknown event {event!r}"}), 200
         project = body.get("project")
         if project in (None, ""):

@@ -69,6 +69,8 @@ class Settings:
     max_image_pixels: int = 64_000_000
     fetch_workers: int = 8
     max_text_chars: int = 20_000
+    # hosts task URLs may point to, besides Label Studio's own ("*" = any, "*.example.com" = subdomains)
+    allowed_fetch_hosts: tuple[str, ...] = ()
 
     @property
     def resolved_chroma_path(self) -> Path:
@@ -115,4 +117,6 @@ class Settings:
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000, 1),
             fetch_workers=_int(env, "FETCH_WORKERS", 8, 1),
             max_text_chars=_int(env, "MAX_TEXT_CHARS", 20_000, 1),
+            allowed_fetch_hosts=tuple(h.strip().lower() for h in (env.get("ALLOWED_FETCH_HOSTS") or "").split(",")
+                                      if h.strip()),
         )

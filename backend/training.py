@@ -16,6 +16,7 @@ import numpy as np
 
 from .annotations import AnnotationLog
 from .evaluation import train_and_select, write_report
+from .label_config import ConfigError, parse_label_config
 from .label_studio import LabelStudioAPI
 from .settings import Settings
 from .versions import VersionStore
@@ -42,7 +43,11 @@ class Trainer:
         A payload we cannot read still schedules a run: with Label Studio reachable, the run
         reconciles with its API, so the annotation is not lost."""
         project_info = payload.get("project") if isinstance(payload.get("project"), dict) else {}
-        label_config = project_info.get("label_config") if isinstance(project_info.get("label_config"), str) else None
+        label_config = project_info.get("label_config")
+        try:  # keep only a config we can serve: a garbled payload must not replace a good one
+            parse_label_config(label_config)
+        except ConfigError:
+            label_config = None
         recorded = 0
         try:
             if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
@@ -109,7 +114,10 @@ class Trainer:
             except Exception as exc:
                 self.failures[project] += 1
                 self.last_error[project] = f"{type(exc).__name__}: {exc}"
-                logger.exception("project %s: training failed; the last good version keeps serving", project)
+                if isinstance(exc, ValueError):  # e.g. no labeling config known yet: say so, no traceback
+                    logger.warning("project %s: cannot train yet: %s", project, exc)
+                else:
+                    logger.exception("project %s: training failed; the last good version keeps serving", project)
                 return  # retried on the next event or restart
             self.log.mark_trained(project, generation)
             self.runs[project] += 1

@@ -27,7 +27,15 @@ def http_server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             seen.append(self.headers.get("Authorization"))
-            status, body = routes.get(self.path.split("?")[0], (404, b"nope"))
+            path = self.path.split("?")[0]
+            if path.startswith("/redirect/"):  # /redirect/<host>/<path>: a 302 to that host on this port
+                host, target = path[len("/redirect/"):].split("/", 1)
+                self.send_response(302)
+                self.send_header("Location", f"http://{host}:{self.server.server_address[1]}/{target}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status, body = routes.get(path, (404, b"nope"))
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -50,7 +58,7 @@ def make(tmp_path, **env) -> Fetcher:
 
 def test_http_image_and_text(tmp_path, http_server):
     url, _ = http_server
-    fetcher = make(tmp_path)
+    fetcher = make(tmp_path, ALLOWED_FETCH_HOSTS="127.0.0.1")
     assert fetcher.load_image(f"{url}/ok.jpg").size == (40, 30)
     assert fetcher.load_text(f"{url}/text.txt", is_url=True) == "héllo wörld"
 
@@ -62,8 +70,24 @@ def test_label_studio_relative_url_sends_legacy_token(tmp_path, http_server):
     assert seen[-1] == "Token " + "a" * 40
     fetcher.fetch_bytes(f"{url}/ok.jpg")  # absolute URL on the Label Studio host: token sent too
     assert seen[-1] == "Token " + "a" * 40
-    make(tmp_path).fetch_bytes(f"{url}/ok.jpg")  # other hosts never get the token
-    assert seen[-1] is None
+    # a redirect to another (allowed) host is followed without the token
+    fetcher = make(tmp_path, LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY="a" * 40, ALLOWED_FETCH_HOSTS="localhost")
+    assert fetcher.fetch_bytes(f"{url}/redirect/localhost/ok.jpg")[:2] == b"\xff\xd8"
+    assert seen[-2:] == ["Token " + "a" * 40, None]
+
+
+def test_fetches_are_limited_to_label_studio_and_allowed_hosts(tmp_path, http_server):
+    url, _ = http_server
+    with pytest.raises(FetchError, match="ALLOWED_FETCH_HOSTS"):
+        make(tmp_path).fetch_bytes(f"{url}/ok.jpg")  # no allowlist, not Label Studio: refused
+    assert make(tmp_path, LABEL_STUDIO_URL=url).fetch_bytes(f"{url}/ok.jpg")  # Label Studio's host
+    assert make(tmp_path, ALLOWED_FETCH_HOSTS="*").fetch_bytes(f"{url}/ok.jpg")
+    allowed = make(tmp_path, ALLOWED_FETCH_HOSTS="127.0.0.1")
+    assert allowed.fetch_bytes(f"{url}/redirect/127.0.0.1/ok.jpg")[:2] == b"\xff\xd8"  # same host: followed
+    with pytest.raises(FetchError, match="ALLOWED_FETCH_HOSTS"):  # a redirect cannot leave the allowlist
+        allowed.fetch_bytes(f"{url}/redirect/localhost/ok.jpg")
+    with pytest.raises(FetchError, match="ALLOWED_FETCH_HOSTS"):
+        make(tmp_path, ALLOWED_FETCH_HOSTS="*.example.com").fetch_bytes(f"{url}/ok.jpg")
 
 
 def test_relative_url_without_label_studio_url_is_a_clear_error(tmp_path):
@@ -105,7 +129,7 @@ def test_symlink_escape_is_refused(tmp_path):
 
 def test_http_failures_are_fetch_errors(tmp_path, http_server):
     url, _ = http_server
-    fetcher = make(tmp_path, FETCH_MAX_BYTES=1000)
+    fetcher = make(tmp_path, FETCH_MAX_BYTES=1000, ALLOWED_FETCH_HOSTS="127.0.0.1")
     with pytest.raises(FetchError, match="HTTP 404"):
         fetcher.fetch_bytes(f"{url}/missing.jpg")
     with pytest.raises(FetchError, match="FETCH_MAX_BYTES"):

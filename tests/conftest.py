@@ -1,15 +1,9 @@
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from backend.settings import Settings
-from tests.helpers import DATA_DIR, REPO_ROOT, backend_env
+from tests.helpers import DATA_DIR, BackendProcess, backend_env
 from tests.ls_server import LabelStudioServer, ensure_label_studio_venv, free_port
 
 
@@ -49,26 +43,8 @@ def label_studio():
 def backend(label_studio, tmp_path_factory):
     """Our backend as users run it: scripts/serve.sh, configured with a personal access token."""
     tmp = tmp_path_factory.mktemp("backend")
-    port = free_port()
-    env = {**os.environ, **backend_env(
-        tmp, PORT=port, HOST="127.0.0.1", VENV=sys.prefix,
-        LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
-    )}
-    log = open(tmp / "backend.log", "w")
-    proc = subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "serve.sh")], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if requests.get(url + "/health", timeout=2).json()["status"] == "UP":
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError("backend did not start:\n" + (tmp / "backend.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url,
+                      LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token())
+    server = BackendProcess(env, tmp / "backend.log", free_port()).start()
+    yield server.url
+    server.kill()

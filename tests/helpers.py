@@ -28,3 +28,48 @@ def backend_env(tmp_path, **overrides) -> dict:
 
 def label_config(name: str) -> str:
     return (LABEL_CONFIG_DIR / name).read_text()
+
+
+class BackendProcess:
+    """Our backend as users run it (scripts/serve.sh → gunicorn), in its own process group."""
+
+    def __init__(self, env: dict, log_path: Path, port: int):
+        import sys
+
+        self.env = {**os.environ, "VENV": sys.prefix, "HOST": "127.0.0.1", "PORT": str(port), **env}
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "BackendProcess":
+        import subprocess
+        import time
+
+        import requests
+
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(["bash", str(REPO_ROOT / "scripts" / "serve.sh")], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if requests.get(self.url + "/health", timeout=2).json()["status"] == "UP":
+                    return self
+            except (requests.RequestException, ValueError):
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("backend did not start:\n" + self.log_path.read_text()[-3000:])
+            time.sleep(0.3)
+
+    def kill(self, sig=None) -> None:
+        """SIGTERM by default; signal.SIGKILL for a crash (the whole gunicorn process group)."""
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig or signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)

@@ -90,6 +90,54 @@ class Encoder:
         raise NotImplementedError
 
 
+class _FastImageTransform:
+    """open_clip's eval transform for resize_mode "shortest" (torchvision Resize of the shorter side with
+    PIL, CenterCrop), done with PIL alone and returning a uint8 (H, W, 3) array.
+
+    Pixel-identical to open_clip's transform (tests check it); ToTensor and Normalize, which open_clip
+    runs per image as several small torch ops, happen once per batch in _OpenClip.encode_pixels. That
+    keeps torch (and its OpenMP thread team) out of the fetch threads: on a 2-core machine per-image
+    torch ops in 8 worker threads oversubscribe the cores and stall the encoder.
+    """
+
+    _RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
+
+    def __init__(self, size: int, interpolation: str):
+        self.size = size
+        self.resample = self._RESAMPLE[interpolation]
+
+    def __call__(self, image) -> np.ndarray:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        size = self.size
+        w, h = image.size
+        # torchvision's _compute_resized_output_size for an int size: shorter side -> size, longer truncated
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (nw, nh) != (w, h):
+            # reducing_gap only acts on >= 6x downscales (huge PNGs): box-reduce first, then bicubic;
+            # draft-decoded JPEGs and ordinary photos take the plain (exact) path
+            gap = 3.0 if min(w / nw, h / nh) >= 6 else None
+            image = image.resize((nw, nh), self.resample, reducing_gap=gap)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        if (left, top, nw, nh) != (0, 0, size, size):
+            image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _fast_transform(model, preprocess):
+    """A _FastImageTransform equivalent to open_clip's preprocess for this model, or None."""
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+    size = cfg.get("size")
+    size = size if isinstance(size, int) else (size[0] if size and size[0] == size[1] else None)
+    if not size or cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("mode", "RGB") != "RGB" \
+            or cfg.get("interpolation", "bicubic") not in _FastImageTransform._RESAMPLE:
+        return None
+    names = [type(t).__name__ for t in getattr(preprocess, "transforms", [])]
+    if names != ["Resize", "CenterCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize"]:
+        return None
+    return _FastImageTransform(size, cfg.get("interpolation", "bicubic"))
+
+
 class _OpenClip:
     """The shared open_clip model (image and text towers), loaded once."""
 
@@ -107,7 +155,17 @@ class _OpenClip:
         )
         model.eval()
         self.model = model
-        self.preprocess = preprocess
+        self.preprocess = preprocess  # open_clip's per-image transform: (3, H, W) float tensors
+        self.fast_transform = _fast_transform(model, preprocess)  # same pixels, uint8 (H, W, 3) arrays
+        self.image_size = self.fast_transform.size if self.fast_transform else 224
+        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), dtype=torch.float32)
+        # Normalize(ToTensor(x)) = (x / 255 - mean) / std = x * scale + shift, applied once per batch
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self._shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+        # one batch at a time: concurrent requests would otherwise oversubscribe the CPU (or GPU memory)
+        self._run_lock = threading.Lock()
         self.tokenizer = open_clip.get_tokenizer(settings.clip_model)
         self.batch_size = settings.batch_size
         self.id = encoder_id("image", settings)
@@ -119,7 +177,7 @@ class _OpenClip:
     def _run(self, fn, batch):
         import torch
 
-        with torch.inference_mode():
+        with self._run_lock, torch.inference_mode():
             if self.amp_dtype is not None:
                 with torch.autocast("cuda", dtype=self.amp_dtype):
                     out = fn(batch)
@@ -129,13 +187,36 @@ class _OpenClip:
             out = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return out.cpu().numpy()
 
-    def encode_pixels(self, tensors: list) -> np.ndarray:
+    def pixels_to_input(self, arrays: list):
+        """uint8 (H, W, 3) arrays -> the model's normalized (N, 3, H, W) input on its device.
+
+        One copy into a (pinned, on CUDA) uint8 batch, one transfer of uint8 (a quarter of float32's
+        bytes), then ToTensor + Normalize as one multiply-add over the batch, on the device, in the
+        model's precision. The NHWC -> NCHW permute is a view: the input is channels_last.
+        """
+        import torch
+
+        n = len(arrays)
+        cuda = self.device.startswith("cuda")
+        batch = torch.empty((n, *arrays[0].shape), dtype=torch.uint8, pin_memory=cuda)
+        np.stack(arrays, out=batch.numpy())
+        x = batch.to(self.device, non_blocking=True) if cuda else batch
+        x = x.permute(0, 3, 1, 2).to(self.amp_dtype or torch.float32)
+        return torch.addcmul(self._shift.to(x.dtype), x, self._scale.to(x.dtype))
+
+    def encode_pixels(self, prepared: list) -> np.ndarray:
+        """prepared: uint8 (H, W, 3) arrays from fast_transform, or (3, H, W) tensors from preprocess."""
         import torch
 
         outs = []
-        for start in range(0, len(tensors), self.batch_size):
-            batch = torch.stack(tensors[start:start + self.batch_size])
-            outs.append(self._run(self.model.encode_image, batch.to(self.device, non_blocking=True)))
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start:start + self.batch_size]
+            if isinstance(chunk[0], np.ndarray):
+                with torch.inference_mode():
+                    batch = self.pixels_to_input(chunk)
+            else:
+                batch = torch.stack(chunk).to(self.device, non_blocking=True)
+            outs.append(self._run(self.model.encode_image, batch))
         return np.concatenate(outs) if outs else np.zeros((0, self.dim), np.float32)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -160,8 +241,16 @@ class ClipImageEncoder(Encoder):
         self.logit_scale = clip.logit_scale
         self.batch_size = clip.batch_size
 
+    @property
+    def image_size(self) -> int:
+        """Side of the model's square input (decoders can draft-decode JPEGs down to it)."""
+        return self.clip.image_size
+
     def prepare(self, image):
-        return self.clip.preprocess(image)  # resize, crop, normalize: a (3, H, W) tensor
+        """Per-item CPU work for the fetch threads: resize + center crop, a uint8 (H, W, 3) array."""
+        if self.clip.fast_transform is not None:
+            return self.clip.fast_transform(image)
+        return self.clip.preprocess(image)  # another transform family: open_clip's (3, H, W) tensor
 
     def encode_batch(self, prepared):
         return self.clip.encode_pixels(prepared)

@@ -1,11 +1,26 @@
-"""Items → embeddings, through the store: cached items are read back, the rest are fetched,
-decoded and prepared in worker threads while the encoder runs on full batches."""
+"""Items → embeddings, through the store.
+
+Cached items (same task, field and content hash) are read back from the store in one query. The rest
+stream through three overlapping stages:
+
+1. fetch + decode + prepare (resize/crop to uint8 pixels) in a thread pool, with a bounded look-ahead
+   window so memory stays flat for imports of any size; results are taken in completion order, so
+   one slow download never stalls the encoder;
+2. encode full batches of BATCH_SIZE in the calling thread (one batched normalize, one model call);
+3. write each batch's embeddings to the store from a background writer thread, so the encoder never
+   waits on Chroma. Every batch is written as soon as it is encoded: an interrupted bulk run keeps
+   what it finished, and a re-run skips it.
+
+Embeddings come back aligned with the input items, whatever order they completed in.
+"""
 from __future__ import annotations
 
 import logging
-from collections import deque
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Callable
 
 import numpy as np
@@ -44,47 +59,91 @@ def embed_items(
     workers: int = 8,
     progress=None,
 ) -> EmbedResult:
+    """Embed items, reading and writing the store. progress.update(n) is called as items settle:
+    cached ones at once, computed or failed ones batch by batch."""
     result = EmbedResult(embeddings=[None] * len(items), errors={})
     todo = _read_cache(items, encoder, store, project, result)
+    if progress is not None and result.cached:
+        progress.update(result.cached)
+    if not todo:
+        return result
 
     batch_size = encoder.batch_size
     window = max(batch_size * 2, workers * 4)  # bounded look-ahead: memory stays flat for huge imports
+    done: queue.SimpleQueue = queue.SimpleQueue()
 
-    def load_and_prepare(index: int):
+    def load_and_prepare(index: int) -> None:
         try:
-            return encoder.prepare(load(items[index]))
+            prepared = encoder.prepare(load(items[index]))
         except FetchError as exc:
-            return exc
+            prepared = exc
         except Exception as exc:  # a decoder or transform bug on one item must not fail the batch
             logger.exception("unexpected error preparing task %s", items[index].task_id)
-            return FetchError(f"{type(exc).__name__}: {exc}")
+            prepared = FetchError(f"{type(exc).__name__}: {exc}")
+        done.put((index, prepared))
 
-    ready_idx, ready = [], []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        pending: deque = deque()
+    writer = _StoreWriter(store, project, encoder.id) if store is not None else None
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(todo)), thread_name_prefix="fetch")
+    try:
         todo_iter = iter(todo)
-        for index in todo_iter:
-            pending.append((index, pool.submit(load_and_prepare, index)))
-            if len(pending) >= window:
-                break
-        while pending:
-            index, future = pending.popleft()
+        in_flight = 0
+        for index in islice(todo_iter, window):
+            pool.submit(load_and_prepare, index)
+            in_flight += 1
+        ready_idx: list[int] = []
+        ready: list = []
+        failed = 0
+        while in_flight:
+            index, prepared = done.get()
+            in_flight -= 1
             nxt = next(todo_iter, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(load_and_prepare, nxt)))
-            prepared = future.result()
+                pool.submit(load_and_prepare, nxt)
+                in_flight += 1
             if isinstance(prepared, FetchError):
                 result.errors[index] = str(prepared)
+                failed += 1
                 logger.warning("task %s: no prediction: %s", items[index].task_id, prepared)
             else:
                 ready_idx.append(index)
                 ready.append(prepared)
-            if len(ready) >= batch_size or (not pending and ready):
-                _encode(ready_idx, ready, items, encoder, store, project, result)
+            if len(ready) >= batch_size or (not in_flight and ready):
+                _encode(ready_idx, ready, items, encoder, writer, result)
                 if progress is not None:
-                    progress.update(len(ready))
-                ready_idx, ready = [], []
+                    progress.update(len(ready) + failed)
+                ready_idx, ready, failed = [], [], 0
+        if progress is not None and failed:
+            progress.update(failed)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on interrupt: drop queued work, finish running items
+        if writer is not None:
+            writer.close()  # everything encoded so far is stored, also when interrupted
     return result
+
+
+class _StoreWriter:
+    """Writes batches to the store from one background thread, in order; close() waits for all."""
+
+    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str):
+        self.store, self.project, self.encoder_id = store, project, encoder_id
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[StoredItem]) -> None:
+        if records:
+            self._queue.put(records)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (records := self._queue.get()) is not None:
+            try:
+                self.store.put_many(self.project, self.encoder_id, records)
+            except Exception as exc:
+                logger.warning("embedding store write failed (%s); predictions still served", exc)
 
 
 def _read_cache(items, encoder, store, project, result) -> list[int]:
@@ -106,7 +165,7 @@ def _read_cache(items, encoder, store, project, result) -> list[int]:
     return todo
 
 
-def _encode(indices, prepared, items, encoder, store, project, result) -> None:
+def _encode(indices, prepared, items, encoder, writer, result) -> None:
     try:
         emb = encoder.encode_batch(prepared)
     except Exception:
@@ -131,8 +190,5 @@ def _encode(indices, prepared, items, encoder, store, project, result) -> None:
         it = items[index]
         if it.task_id is not None:
             to_store.append(StoredItem(it.task_id, it.field, it.hash, row))
-    if store is not None and to_store:
-        try:
-            store.put_many(project, encoder.id, to_store)
-        except Exception as exc:
-            logger.warning("embedding store write failed (%s); predictions still served", exc)
+    if writer is not None:
+        writer.put(to_store)

@@ -239,10 +239,13 @@ def decode_image(data: bytes, max_pixels: int, target_size: int = 224) -> Image.
         width, height = img.size
         if width * height > max_pixels:
             raise FetchError(f"image is {width}x{height}, over MAX_IMAGE_PIXELS={max_pixels} (decompression bomb?)")
-        # JPEG draft mode decodes at a reduced scale, still >= target size: big photos decode several times faster.
-        if img.format == "JPEG":
+        # JPEG draft mode decodes at a reduced scale (1/2, 1/4, 1/8 in the DCT), keeping both sides >= the
+        # model's input size: big photos decode several times faster, and the resize after it has less to do.
+        if img.format == "JPEG" and target_size:
             img.draft("RGB", (target_size, target_size))
-        return img.convert("RGB")
+        img.load()
+        # most photos are RGB already: skip convert(), which would copy the whole image
+        return img if img.mode == "RGB" else img.convert("RGB")
     except FetchError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:

@@ -491,25 +491,23 @@ def confused_pairs(proba, max_pairs: int | None = None) -> list[Pair]:
     return pairs[:max_pairs] if max_pairs else pairs
 
 
-def _allocate(pairs: list[Pair], k: int) -> list[Pair]:
-    """Give k batch slots to pairs in proportion to their weight, at least one each (the first
-    min(k, len(pairs)) pairs)."""
-    pairs = pairs[:k]
-    if not pairs:
+def _allocate(pairs: list[Pair], k: int, power: float = 1.0) -> list[Pair]:
+    """Share k batch slots among pairs in proportion to weight ** power (largest remainder);
+    pairs that get no slot are dropped."""
+    pairs = [p for p in pairs if p.weight > 0]
+    if not pairs or k <= 0:
         return []
-    w = np.array([p.weight for p in pairs], dtype=np.float64)
-    w = w / w.sum() if w.sum() > 0 else np.full(len(pairs), 1.0 / len(pairs))
-    slots = np.ones(len(pairs), dtype=int)
-    extra = k - len(pairs)
-    if extra > 0:
-        raw = w * extra
-        slots += np.floor(raw).astype(int)
-        left = extra - int(np.floor(raw).sum())
-        for idx in np.argsort(-(raw - np.floor(raw)), kind="stable")[:left]:
-            slots[idx] += 1
+    w = np.array([p.weight for p in pairs], dtype=np.float64) ** power
+    raw = w / w.sum() * k
+    slots = np.floor(raw).astype(int)
+    for idx in np.argsort(-(raw - slots), kind="stable")[:k - int(slots.sum())]:
+        slots[idx] += 1
+    out = []
     for p, s in zip(pairs, slots):
-        p.slots = int(s)
-    return pairs
+        if s > 0:
+            p.slots = int(s)
+            out.append(p)
+    return out
 
 
 def crossing_point(head, a: np.ndarray, b: np.ndarray, i: int, j: int, steps: int = 17) -> np.ndarray:
@@ -537,7 +535,8 @@ class BoundaryRetrieval(QueryStrategy):
     """Boundary-first queries by vector search.
 
     1. Confused pairs: every unlabeled item (or a sample of them, at scale) adds (1 - margin) to
-       the pair of its two top classes; the k heaviest pairs share the batch in proportion.
+       the pair of its two top classes; pairs share the k batch slots in proportion to that weight
+       (largest remainder; a pair with too little weight gets none).
     2. Query points per pair (i, j): with ``direction="crossing"`` (default) the point where the
        head's preference flips on the arc between the class anchors (labeled class means, else
        zero-shot prototypes, else head weight rows; see class_anchors), plus the flip points
@@ -552,7 +551,9 @@ class BoundaryRetrieval(QueryStrategy):
        slots over the boundary instead of one tight spot), never a near-duplicate (cosine > 0.95
        to a picked or labeled item); the batch is ordered by margin.
 
-    ``rank`` runs this on in-memory arrays; ``query`` runs it on any VectorIndex and returns ids.
+    ``rank`` runs this on in-memory arrays (below ``exhaustive_max`` items a pair's candidates are
+    simply all items whose two top classes are that pair: the exact answer that steps 2-3
+    approximate); ``query`` runs it on any VectorIndex and returns ids.
     """
 
     name = "boundary"
@@ -560,7 +561,8 @@ class BoundaryRetrieval(QueryStrategy):
 
     def __init__(self, overfetch: int = 10, min_candidates: int = 50, shortlist_factor: int = 3,
                  queries_per_pair: int = 3, direction: str = "crossing", pair_sample: int = 4000,
-                 dup_threshold: float = DUPLICATE_COSINE, diversity: float = 0.5):
+                 dup_threshold: float = DUPLICATE_COSINE, diversity: float = 0.5,
+                 exhaustive_max: int = 50_000, pair_power: float = 1.0):
         if direction not in ("crossing", "bisector"):
             raise ValueError("direction must be 'crossing' or 'bisector'")
         self.overfetch = overfetch
@@ -571,6 +573,8 @@ class BoundaryRetrieval(QueryStrategy):
         self.pair_sample = pair_sample
         self.dup_threshold = dup_threshold
         self.diversity = diversity
+        self.exhaustive_max = exhaustive_max
+        self.pair_power = pair_power
 
     def uncertainty(self, proba, embeddings=None, **context):
         return 1.0 - top2_margin(proba)
@@ -598,68 +602,87 @@ class BoundaryRetrieval(QueryStrategy):
         return points
 
     # -- shared selection -----------------------------------------------------------------------
-    def _select(self, pairs: list[Pair], anchors, search: Callable, score: Callable, k: int, head,
-                labeled_embeddings, labeled_y, seed: int):
-        """search(point, m) -> (keys, embeddings); score(keys, embeddings) -> margins."""
+    def _retrieve(self, pair: Pair, anchors, search: Callable, score: Callable, head, labeled_embeddings,
+                  labeled_y, seen: set):
+        """Candidates of one pair from the vector search: (keys, embeddings, margins)."""
+        points = self.query_points(pair, anchors, head, labeled_embeddings, labeled_y)
+        if not points:
+            return [], None, None
+        m = max(self.min_candidates, int(math.ceil(self.overfetch * pair.slots / len(points))))
+        keys, vecs = [], []
+        for q in points:
+            ks, vs = search(q, m)
+            for key, v in zip(ks, vs):
+                if key not in seen:
+                    seen.add(key)
+                    keys.append(key)
+                    vecs.append(v)
+        if not keys:
+            return [], None, None
+        V = np.asarray(vecs, dtype=np.float32)
+        return keys, V, np.asarray(score(keys, V), dtype=np.float64)
+
+    def _select(self, pairs: list[Pair], candidates_for: Callable, k: int, labeled_embeddings):
+        """candidates_for(pair) -> (keys, embeddings, margins). Per pair: shortlist by margin, pick
+        by maximal marginal relevance; top up from all candidates; order the batch by margin."""
         chosen_keys: list = []
+        chosen_set: set = set()
         chosen_vecs: list[np.ndarray] = []
         chosen_margin: list[float] = []
-        pool: dict = {}  # key -> (embedding, margin), every retrieved item (for top-up)
+        leftovers: list = []  # (margin, key, embedding) of candidates not picked, for the top-up
         avoid = None if labeled_embeddings is None or not len(labeled_embeddings) \
             else np.asarray(labeled_embeddings, np.float32)
+
+        def avoid_now():
+            prior = np.asarray(chosen_vecs, np.float32) if chosen_vecs else None
+            if prior is None:
+                return avoid
+            return prior if avoid is None else np.vstack([avoid, prior])
+
         for pair in pairs:
-            points = self.query_points(pair, anchors, head, labeled_embeddings, labeled_y)
-            if not points:
-                continue
-            m = max(self.min_candidates, int(math.ceil(self.overfetch * pair.slots / len(points))))
-            keys, vecs = [], []
-            for q in points:
-                ks, vs = search(q, m)
-                for key, v in zip(ks, vs):
-                    if key not in pool:
-                        keys.append(key)
-                        vecs.append(v)
-                        pool[key] = None
+            keys, V, margins = candidates_for(pair)
             if not keys:
                 continue
-            V = np.asarray(vecs, dtype=np.float32)
-            margins = np.asarray(score(keys, V), dtype=np.float64)
-            for key, v, mg in zip(keys, V, margins):
-                pool[key] = (v, float(mg))
-            fresh = [n for n, key in enumerate(keys) if key not in set(chosen_keys)]
-            if not fresh:
+            fresh = np.asarray([n for n, key in enumerate(keys) if key not in chosen_set], dtype=np.int64)
+            if not len(fresh):
                 continue
-            fresh = np.asarray(fresh)
             order = fresh[np.argsort(margins[fresh], kind="stable")]
             shortlist = order[:max(pair.slots * self.shortlist_factor, pair.slots)]
-            prior = np.asarray(chosen_vecs, np.float32) if chosen_vecs else None
-            avoid_now = prior if avoid is None else (avoid if prior is None else np.vstack([avoid, prior]))
             picks = mmr_picks(shortlist, 1.0 - margins[shortlist], V, pair.slots, lam=self.diversity,
-                              threshold=self.dup_threshold, avoid=avoid_now)
+                              threshold=self.dup_threshold, avoid=avoid_now())
             for p in picks:
                 chosen_keys.append(keys[p])
+                chosen_set.add(keys[p])
                 chosen_vecs.append(V[p])
                 chosen_margin.append(float(margins[p]))
-        if len(chosen_keys) < k:  # top up from everything retrieved, by margin
-            rest = [(key, val) for key, val in pool.items() if val is not None and key not in set(chosen_keys)]
-            rest.sort(key=lambda kv: kv[1][1])
+            taken = set(picks)
+            leftovers.extend((float(margins[o]), keys[o], V[o]) for o in order[:4 * max(k, 1)] if o not in taken)
+        if len(chosen_keys) < k and leftovers:  # top up from everything retrieved, by margin
+            leftovers.sort(key=lambda t: t[0])
+            rest = [t for t in leftovers if t[1] not in chosen_set]
             if rest:
-                R = np.asarray([val[0] for _, val in rest], np.float32)
-                prior = np.asarray(chosen_vecs, np.float32) if chosen_vecs else None
-                avoid_now = prior if avoid is None else (avoid if prior is None else np.vstack([avoid, prior]))
-                for p in dedupe(range(len(rest)), R, k - len(chosen_keys), self.dup_threshold, avoid_now):
-                    chosen_keys.append(rest[p][0])
+                R = np.asarray([t[2] for t in rest], np.float32)
+                for p in dedupe(range(len(rest)), R, k - len(chosen_keys), self.dup_threshold, avoid_now()):
+                    if rest[p][1] in chosen_set:
+                        continue
+                    chosen_keys.append(rest[p][1])
+                    chosen_set.add(rest[p][1])
                     chosen_vecs.append(R[p])
-                    chosen_margin.append(rest[p][1][1])
+                    chosen_margin.append(rest[p][0])
         order = np.argsort(np.asarray(chosen_margin), kind="stable")[:k]
         return [chosen_keys[o] for o in order]
 
     def _pairs(self, proba_sample, k: int) -> list[Pair]:
-        return _allocate(confused_pairs(proba_sample), k)
+        # scale the sample's pair weights up to the collection: only the shares matter
+        return _allocate(confused_pairs(proba_sample), k, self.pair_power)
 
     def rank(self, proba, embeddings=None, k=10, head=None, labeled_embeddings=None, labeled_y=None,
              prototypes=None, rng=None, **context):
-        """Exact-scan version on in-memory arrays: indices into proba/embeddings."""
+        """In-memory version: indices into proba/embeddings.
+
+        Up to ``exhaustive_max`` items the candidates of a pair are all items whose two top classes
+        are that pair (the exact answer, from the probabilities already computed); above it, the
+        pair's query points are searched by an exact numpy scan (NumpyIndex)."""
         p = _proba(proba)
         n = len(p)
         k = int(min(k, n))
@@ -668,17 +691,30 @@ class BoundaryRetrieval(QueryStrategy):
         if embeddings is None:
             raise ValueError("BoundaryRetrieval needs the embeddings of the unlabeled items")
         E = np.asarray(embeddings, np.float32)
-        anchors = class_anchors(p.shape[1], head, labeled_embeddings, labeled_y, prototypes)
         gen = _rng(rng)
         sample = p if n <= self.pair_sample else p[gen.choice(n, self.pair_sample, replace=False)]
         pairs = self._pairs(sample, k)
-        index = NumpyIndex(E)
         margins = top2_margin(p)
-        keys = self._select(pairs, anchors, lambda q, m: index.search(q, m),
-                            lambda ks, V: margins[np.asarray(ks, dtype=np.int64)], k, head,
-                            labeled_embeddings, labeled_y, _seed_of(gen))
+        if n <= self.exhaustive_max:
+            K = p.shape[1]
+            top2 = np.argsort(-p, axis=1, kind="stable")[:, :2]
+            code = np.minimum(top2[:, 0], top2[:, 1]) * K + np.maximum(top2[:, 0], top2[:, 1])
+
+            def candidates_for(pair):
+                idx = np.flatnonzero(code == pair.i * K + pair.j)
+                return idx.tolist(), E[idx], margins[idx]
+        else:
+            anchors = class_anchors(p.shape[1], head, labeled_embeddings, labeled_y, prototypes)
+            index = NumpyIndex(E)
+            seen: set = set()
+
+            def candidates_for(pair):
+                return self._retrieve(pair, anchors, lambda q, m: index.search(q, m),
+                                      lambda ks, V: margins[np.asarray(ks, dtype=np.int64)], head,
+                                      labeled_embeddings, labeled_y, seen)
+        keys = self._select(pairs, candidates_for, k, labeled_embeddings)
         picked = np.asarray(keys, dtype=np.int64)
-        if len(picked) < k:  # retrieval found too little (tiny pools): fall back to global margin
+        if len(picked) < k:  # too few candidates (tiny pools): fall back to global margin
             taken = set(picked.tolist())
             extra = [i for i in np.argsort(margins, kind="stable") if i not in taken]
             picked = np.concatenate([picked, np.asarray(dedupe(extra, E, k - len(picked),
@@ -700,12 +736,16 @@ class BoundaryRetrieval(QueryStrategy):
         anchors = class_anchors(K, head, labeled_embeddings, labeled_y, prototypes)
         pairs = self._pairs(sample, k)
         exclude = set(labeled_ids or ())
+        seen: set = set()
 
         def score(keys, V):
             return top2_margin(head.predict_proba(V))
 
-        return self._select(pairs, anchors, lambda q, m: index.search(q, m, exclude), score, k, head,
-                            labeled_embeddings, labeled_y, _seed_of(rng))
+        def candidates_for(pair):
+            return self._retrieve(pair, anchors, lambda q, m: index.search(q, m, exclude), score, head,
+                                  labeled_embeddings, labeled_y, seen)
+
+        return self._select(pairs, candidates_for, k, labeled_embeddings)
 
 
 STRATEGIES: dict[str, Callable[[], QueryStrategy]] = {

@@ -137,10 +137,14 @@ def test_boundary_retrieval_via_chroma_matches_exact_scan(tmp_path):
     assert not set(via_chroma) & set(kw["labeled_ids"])  # labeled items are never returned
     recall = len(set(via_chroma) & set(exact)) / k
     assert recall >= 0.9
-    # the in-memory rank() path is the same algorithm on the unlabeled arrays
-    ranked = strat.rank(head.predict_proba(X[unl]), X[unl], k, head=head, labeled_embeddings=X[lab],
-                        labeled_y=y[lab], rng=0)
+    # the in-memory rank() is the same algorithm on the unlabeled arrays (numpy scan above
+    # exhaustive_max; below it every item of a pair is a candidate: the exact answer)
+    proba_unl = head.predict_proba(X[unl])
+    ctx = dict(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], rng=0)
+    ranked = BoundaryRetrieval(exhaustive_max=0).rank(proba_unl, X[unl], k, **ctx)
     assert len({ids[i] for i in unl[ranked]} & set(exact)) / k >= 0.9
+    exhaustive = strat.rank(proba_unl, X[unl], k, **ctx)
+    assert top2_margin(proba_unl[exhaustive]).mean() <= top2_margin(proba_unl[ranked]).mean() + 1e-9
     # the batch is near the boundary: far smaller margins than the unlabeled pool's median
     idx = [ids.index(r) for r in via_chroma]
     assert np.median(top2_margin(head.predict_proba(X[idx]))) < np.median(top2_margin(head.predict_proba(X[unl]))) / 2

@@ -6,7 +6,8 @@ stream through three overlapping stages:
 1. fetch + decode + prepare (resize/crop to uint8 pixels) in a thread pool, with a bounded look-ahead
    window so memory stays flat for imports of any size; results are taken in completion order, so
    one slow download never stalls the encoder;
-2. encode full batches of BATCH_SIZE in the calling thread (one batched normalize, one model call);
+2. encode batches of BATCH_SIZE in the calling thread (one batched normalize, one model call); the
+   first batches are smaller (1/8, 1/4, 1/2 of it), so the encoder starts after a few decodes;
 3. write each batch's embeddings to the store from a background writer thread, so the encoder never
    waits on Chroma. Every batch is written as soon as it is encoded: an interrupted bulk run keeps
    what it finished, and a re-run skips it.
@@ -93,6 +94,9 @@ def embed_items(
         ready_idx: list[int] = []
         ready: list = []
         failed = 0
+        # Ramp up: the first batch is small (the encoder starts after a few decodes instead of a full
+        # batch's worth), then each batch doubles up to BATCH_SIZE while the fetch threads run ahead.
+        target = max(1, batch_size // 8)
         while in_flight:
             index, prepared = done.get()
             in_flight -= 1
@@ -107,8 +111,9 @@ def embed_items(
             else:
                 ready_idx.append(index)
                 ready.append(prepared)
-            if len(ready) >= batch_size or (not in_flight and ready):
+            if len(ready) >= target or (not in_flight and ready):
                 _encode(ready_idx, ready, items, encoder, writer, result)
+                target = min(batch_size, target * 2)
                 if progress is not None:
                     progress.update(len(ready) + failed)
                 ready_idx, ready, failed = [], [], 0

@@ -200,7 +200,7 @@ class _OpenClip:
         cuda = self.device.startswith("cuda")
         batch = torch.empty((n, *arrays[0].shape), dtype=torch.uint8, pin_memory=cuda)
         np.stack(arrays, out=batch.numpy())
-        x = batch.to(self.device, non_blocking=True) if cuda else batch
+        x = batch if self.device == "cpu" else batch.to(self.device, non_blocking=cuda)
         x = x.permute(0, 3, 1, 2).to(self.amp_dtype or torch.float32)
         return torch.addcmul(self._shift.to(x.dtype), x, self._scale.to(x.dtype))
 

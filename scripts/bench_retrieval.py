@@ -18,7 +18,7 @@ Per size n (default 100k and 1M) it reports:
   shortlist itself misses);
 - query seconds: index search (+ rerank) vs exact scan (one matmul over n x d + top-m) vs the full
   exact margin scan (predict_proba over all n items), and their ratios;
-- build seconds.
+- build seconds; for hnswlib a sweep of ef_search (recall against time).
 
 Indexes: Chroma (embedded PersistentClient in a temp dir, cosine space, batch add) and hnswlib
 (the HNSW library Chroma's index is built on, same M=16 / ef_construction=100 / ef_search=100
@@ -207,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=20, help="boundary batch kept per pair")
     ap.add_argument("--chroma-max", type=int, default=100_000, help="largest size also built in Chroma")
     ap.add_argument("--temperature", type=float, default=30.0)
+    ap.add_argument("--ef", type=int, nargs="+", default=[100, 400, 1000],
+                    help="hnswlib ef_search values to sweep (the search uses max(ef, m))")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", default="/tmp/al_bench", help="writes retrieval.json here")
     args = ap.parse_args(argv)
@@ -237,11 +239,17 @@ def main(argv=None):
                 index = HnswIndex(X, threads=threads) if kind == "hnswlib" else ChromaIndexBench(X, tmp)
                 build = time.perf_counter() - t
                 log(f"[{n}] {kind} built in {build:.0f}s; querying {len(pairs)} pairs")
-                r = measure(X, y, means, index, pairs, args.m, args.k, args.temperature)
-                r["build_seconds"] = round(build, 1)
-                entry["indexes"][kind] = r
-                log(f"[{n}] {kind}: " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
-                                                    for k, v in r.items()}))
+                efs = args.ef if kind == "hnswlib" else [None]
+                for ef in efs:
+                    if ef is not None:
+                        index.ef_search = ef
+                    r = measure(X, y, means, index, pairs, args.m, args.k, args.temperature)
+                    r["build_seconds"] = round(build, 1)
+                    r["ef_search"] = max(ef, args.m) if ef is not None else "chroma default (100; max(ef, m) used)"
+                    label = kind if ef is None else f"{kind}_ef{ef}"
+                    entry["indexes"][label] = r
+                    log(f"[{n}] {label}: " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
+                                                         for k, v in r.items()}))
                 del index
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -517,6 +517,15 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = {"config": {"quick": args.quick, "seeds": args.seeds, "head": f"LogisticHead(C={C:g})",
                           "data": str(DATA), "cache": str(args.cache)}, "datasets": {}}
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr  # libraries print to stdout (efficientnet's loader); keep it for the JSON
+    try:
+        return _run(args, results, t0, real_stdout)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _run(args, results, t0, real_stdout) -> int:
     for name in args.datasets:
         spec = SPECS[name]
         if spec.modality == "image" and (why := image_encoder_missing()):
@@ -539,7 +548,7 @@ def main(argv=None) -> int:
     log(f"[done] {results['seconds']}s; wrote {out / 'results.json'} and {out / 'learning_curves.png'}")
     log(json.dumps(results["summary"], indent=1))
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(results), file=real_stdout)
     return 0
 
 

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .heads import Head, ZeroShotHead, candidate_heads
+from . import heads as _heads
+from .heads import Head, PromptAnchoredHead, ZeroShotHead, candidate_heads
 
 SPLITS = ("train", "val", "test")
 MIN_ITEMS_FOR_VALIDATION_SPLIT = 20
 MIN_VAL_PER_CLASS = 2.0  # average validation items per class below which selection uses CV
 CV_FOLDS = 5
+MIN_CV_SCORED = 10  # fewer cross-validated items than this: use the default head
 
 
 # -- splits --------------------------------------------------------------------------------------
@@ -214,6 +216,16 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
     (their hash decides the split); history: earlier reports (for the learning curve).
     Returns (fitted winner, report dict). The test split never influences the choice.
     """
+    if _heads.BLAS_THREADS is None:
+        return _train_and_select(X, Y, task_ids, prototypes, logit_scale, label_names, multiple, history,
+                                 version, candidates, val, test)
+    with _heads.threadpool_limits(limits=_heads.BLAS_THREADS, user_api="blas"):
+        return _train_and_select(X, Y, task_ids, prototypes, logit_scale, label_names, multiple, history,
+                                 version, candidates, val, test)
+
+
+def _train_and_select(X, Y, task_ids, prototypes, logit_scale, label_names, multiple, history, version,
+                      candidates, val, test) -> tuple[Head, dict]:
     started = time.perf_counter()
     label_names = [str(x) for x in label_names]
     K = len(label_names)
@@ -241,30 +253,52 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
         selection = "validation split"
         why = f"{n_val} validation items for {K} classes"
 
+    # Cross-validation scores every candidate on the same items: single choice only counts items
+    # whose class has another labeled example (a fold cannot learn a class it never saw, and at
+    # deployment every labeled class is trained on).
+    note = None
+    if k:
+        cv_idx = np.flatnonzero(trva)
+        folds = _folds(Y[cv_idx], k, multiple)
+        if multiple:
+            scored = np.ones(len(cv_idx), dtype=bool)
+        else:
+            per_class = np.bincount(Y[cv_idx], minlength=K)
+            scored = per_class[Y[cv_idx]] >= 2
+        if scored.sum() < MIN_CV_SCORED:
+            note = (f"only {int(scored.sum())} cross-validated items: too few to compare heads, so the default "
+                    + ("head is used (zero-shot)" if multiple else
+                       "head is used (the first, most anchored, prompt-anchored head: close to zero-shot but "
+                       "uses every label)"))
+        elif not scored.all():
+            note = (f"scored on the {int(scored.sum())} of {len(cv_idx)} items whose class has 2+ labels")
+
     results = []
     for head in candidates:
         entry = {"name": head.name, "params": _json_safe(head.params())}
         t0 = time.perf_counter()
         try:
             if isinstance(head, ZeroShotHead):
-                ev_idx = np.flatnonzero(trva if k else va)
-                score = _selection_score_from_proba(head, head.predict_proba(X[ev_idx]), Y[ev_idx], multiple)
+                if k:
+                    ev = cv_idx[scored]
+                else:
+                    ev = np.flatnonzero(va)
+                score = _selection_score_from_proba(head, head.predict_proba(X[ev]), Y[ev], multiple)
             elif n_trva < 2:
                 raise ValueError("fewer than 2 labeled train+val items")
             elif k:
-                idx = np.flatnonzero(trva)
-                folds = _folds(Y[idx], k, multiple)
-                oof = np.zeros((len(idx), K))
+                oof = np.zeros((len(cv_idx), K))
                 for f in range(k):
-                    fit_i, ev_i = idx[folds != f], idx[folds == f]
-                    if len(ev_i) == 0:
+                    fit_i, ev_i = cv_idx[folds != f], cv_idx[folds == f]
+                    if len(ev_i) == 0 or not (scored & (folds == f)).any():
                         continue
                     part = head._clone()
                     part.fit(X[fit_i], Y[fit_i])
                     oof[folds == f] = part.predict_proba(X[ev_i])
                     if multiple:  # decisions need each fold's own thresholds
                         oof[folds == f] = _threshold_shift(oof[folds == f], part)
-                score = _selection_score_from_proba(_HalfThreshold(K) if multiple else head, oof, Y[idx], multiple)
+                score = _selection_score_from_proba(_HalfThreshold(K) if multiple else head, oof[scored],
+                                                    Y[cv_idx][scored], multiple)
             else:
                 if tr.sum() == 0:
                     raise ValueError("no training items")
@@ -279,9 +313,13 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
 
     scores = [r["val_score"] if r["val_score"] is not None else -np.inf for r in results]
     best_i = 0
-    for i, s in enumerate(scores):  # strict improvement needed: ties go to the simpler (earlier) head
-        if s > scores[best_i] + 1e-12:
-            best_i = i
+    if k and scored.sum() < MIN_CV_SCORED:
+        anchored = [i for i, h in enumerate(candidates) if isinstance(h, PromptAnchoredHead)]
+        best_i = anchored[0] if anchored and n_trva >= 1 and not multiple else 0
+    else:
+        for i, s in enumerate(scores):  # strict improvement needed: ties go to the simpler (earlier) head
+            if s > scores[best_i] + 1e-12:
+                best_i = i
     for i, r in enumerate(results):
         r["selected"] = i == best_i
     winner = candidates[best_i]
@@ -319,6 +357,7 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
         "head_params": _json_safe(winner.params()),
         "selection": selection,
         "selection_reason": why,
+        "selection_note": note,
         "selection_metric": "micro_f1" if multiple else "accuracy",
         "val_score": results[best_i]["val_score"],
         "counts": counts,

@@ -21,6 +21,12 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+# Fitting runs its BLAS calls single-threaded: these matrices are small, and multi-threaded
+# OpenBLAS on a busy machine (server threads, encoders) is 5-20x slower than one thread.
+# threadpool_limits is process-wide while it is held. None = leave the BLAS default.
+BLAS_THREADS: int | None = 1
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,6 +114,12 @@ class Head:
         raise NotImplementedError
 
     def fit(self, X, Y) -> "Head":
+        if BLAS_THREADS is None:
+            return self._fit_all(X, Y)
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            return self._fit_all(X, Y)
+
+    def _fit_all(self, X, Y) -> "Head":
         X = _as_float32(X)
         Y = np.asarray(Y)
         if self.multiple:
@@ -295,16 +307,14 @@ class PromptAnchoredHead(Head):
     supervised training. Fitted with L-BFGS on an analytic gradient (float32 matmuls).
     """
 
-    def __init__(self, prototypes: np.ndarray, logit_scale: float, lam: float = 1.0, multiple: bool = False,
-                 bias_penalty: float = 1e-4, max_iter: int = 200, learn_scale: bool = True):
+    def __init__(self, prototypes: np.ndarray, logit_scale: float, lam: float = 1e-3, multiple: bool = False,
+                 bias_penalty: float = 1e-4, max_iter: int = 100):
         self.prototypes = np.asarray(prototypes, dtype=np.float32)
         self.logit_scale = float(logit_scale)
         self.lam = float(lam)
         self.multiple = bool(multiple)
         self.bias_penalty = float(bias_penalty)
         self.max_iter = int(max_iter)
-        self.learn_scale = bool(learn_scale)
-        self.scale_ = 1.0
         self.name = f"prompt-anchored(lam={self.lam:g})"
         self.W0 = (self.logit_scale * self.prototypes).astype(np.float32)
         self.W = self.W0.copy()
@@ -319,71 +329,62 @@ class PromptAnchoredHead(Head):
 
     def _clone(self) -> "PromptAnchoredHead":
         return PromptAnchoredHead(self.prototypes, self.logit_scale, lam=self.lam, multiple=self.multiple,
-                                  bias_penalty=self.bias_penalty, max_iter=self.max_iter,
-                                  learn_scale=self.learn_scale)
+                                  bias_penalty=self.bias_penalty, max_iter=self.max_iter)
 
     def _fit(self, X, Y):
         K, d = self.W0.shape
         n = len(X)
         self.W = self.W0.copy()
         self.b = np.zeros(K, dtype=np.float32)
+        if self.multiple:
+            self.b[:] = -0.3 * self.logit_scale
         if n == 0:
-            if self.multiple:
-                self.b[:] = -0.3 * self.logit_scale
             return
         lam = self.lam / n
-        W0 = self.W0.astype(np.float64)
+        # Optimise on centred embeddings (much better conditioned: sentence embeddings share a
+        # large common component); logits = Xc @ W.T + c, with c = b + W @ mu.
+        mu = X.mean(axis=0)
+        Xc = X - mu
+        W0f = self.W0
+        z0 = X @ W0f.T
         if self.multiple:
             T = Y.astype(np.float32)
-            # start each bias where the mean zero-shot logit of positives and negatives meet
-            z0 = X @ self.W0.T
+            # start each bias where the mean zero-shot logits of positives and negatives meet
             b0 = np.empty(K)
             for k in range(K):
                 pos, neg = z0[T[:, k] > 0, k], z0[T[:, k] == 0, k]
-                if len(pos) and len(neg):
-                    b0[k] = -0.5 * (pos.mean() + neg.mean())
-                else:
-                    b0[k] = -float(np.quantile(z0[:, k], 0.9))
+                b0[k] = -0.5 * (pos.mean() + neg.mean()) if len(pos) and len(neg) else -float(np.quantile(z0[:, k], 0.9))
         else:
             rows = np.arange(n)
             b0 = np.zeros(K)
-
-        W0f = self.W0
+        c0 = b0 + (W0f @ mu).astype(np.float64)  # so the start is exactly the zero-shot logits (+ b0)
         Kd = K * d
 
         def objective(theta):
-            alpha = theta[0]
-            V = theta[1:1 + Kd].reshape(K, d)
-            b = theta[1 + Kd:]
-            W = (alpha * W0f + V.astype(np.float32)) if self.learn_scale else (W0f + V.astype(np.float32))
-            Z = X @ W.T + b.astype(np.float32)
+            V = theta[:Kd].reshape(K, d)
+            c = theta[Kd:]
+            Z = Xc @ (W0f + V.astype(np.float32)).T + c.astype(np.float32)
             if self.multiple:
-                # BCE with logits: softplus(z) - t * z
-                loss = float((np.logaddexp(0, Z) - T * Z).sum(dtype=np.float64)) / n
+                loss = float((np.logaddexp(0, Z) - T * Z).sum(dtype=np.float64)) / n  # BCE with logits
                 G = (sigmoid(Z) - T) / n
             else:
                 zmax = Z.max(axis=1, keepdims=True)
                 E = np.exp(Z - zmax)
                 S = E.sum(axis=1, keepdims=True)
-                lse = (np.log(S) + zmax).ravel()
-                loss = float((lse - Z[rows, Y]).sum(dtype=np.float64)) / n
+                loss = float((np.log(S).ravel() + zmax.ravel() - Z[rows, Y]).sum(dtype=np.float64)) / n
                 G = E / S
                 G[rows, Y] -= 1.0
                 G /= n
-            gW = (G.T @ X).astype(np.float64)
-            loss += lam * float((V * V).sum()) + self.bias_penalty * (float(b @ b) + (alpha - 1.0) ** 2)
-            galpha = float((gW * W0).sum()) + 2 * self.bias_penalty * (alpha - 1.0) if self.learn_scale else 0.0
-            gV = gW + 2 * lam * V
-            gb = G.sum(axis=0, dtype=np.float64) + 2 * self.bias_penalty * b
-            return loss, np.concatenate([[galpha], gV.ravel(), gb])
+            dc = c - c0
+            loss += lam * float((V * V).sum()) + self.bias_penalty * float(dc @ dc)
+            gV = (G.T @ Xc).astype(np.float64) + 2 * lam * V
+            gc = G.sum(axis=0, dtype=np.float64) + 2 * self.bias_penalty * dc
+            return loss, np.concatenate([gV.ravel(), gc])
 
-        theta0 = np.concatenate([[1.0], np.zeros(Kd), b0])
-        res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+        res = minimize(objective, np.concatenate([np.zeros(Kd), c0]), jac=True, method="L-BFGS-B",
                        options={"maxiter": self.max_iter, "gtol": 1e-6})
-        alpha = float(res.x[0]) if self.learn_scale else 1.0
-        self.scale_ = alpha
-        self.W = (alpha * W0 + res.x[1:1 + Kd].reshape(K, d)).astype(np.float32)
-        self.b = res.x[1 + Kd:].astype(np.float32)
+        self.W = (W0f + res.x[:Kd].reshape(K, d)).astype(np.float32)
+        self.b = (res.x[Kd:] - self.W.astype(np.float64) @ mu).astype(np.float32)
         self.n_iter_ = int(res.nit)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -400,8 +401,7 @@ def candidate_heads(prototypes: np.ndarray, logit_scale: float, multiple: bool) 
     return [
         ZeroShotHead(prototypes, logit_scale, multiple=multiple),
         LogisticHead(C=10.0, multiple=multiple, n_classes=K),
-        LogisticHead(C=100.0, multiple=multiple, n_classes=K),
-        PromptAnchoredHead(prototypes, logit_scale, lam=10.0, multiple=multiple),
-        PromptAnchoredHead(prototypes, logit_scale, lam=1.0, multiple=multiple),
-        PromptAnchoredHead(prototypes, logit_scale, lam=0.1, multiple=multiple),
+        PromptAnchoredHead(prototypes, logit_scale, lam=1e-2, multiple=multiple),
+        PromptAnchoredHead(prototypes, logit_scale, lam=1e-3, multiple=multiple),
+        PromptAnchoredHead(prototypes, logit_scale, lam=1e-4, multiple=multiple),
     ]

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Soak a live backend: concurrent /predict clients while a storm of annotation webhooks trains it,
+optionally crashing and restarting it mid-run. Loopback or your own test hosts only.
+
+    python scripts/soak.py --url http://127.0.0.1:9090 --json
+    python scripts/soak.py --url http://127.0.0.1:9090 --clients 50 --webhooks 1000 --duration 60 \\
+        --restart-cmd 'pkill -9 -f "backend.server:create_app" ; PORT=9090 scripts/serve.sh >/tmp/b.log 2>&1 &' --json
+
+Prints one JSON object (--json): requests, errors, annotations_sent, annotations_trained, p95_ms,
+restarts_survived (plus details). Requests that fail while the backend restarts are retried, as
+Label Studio users would; `errors` counts requests that still failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SMS = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
+
+
+def messages() -> list[tuple[str, str]]:
+    if SMS.exists():
+        lines = SMS.read_text(encoding="utf-8").splitlines()[1:]
+        return [tuple(line.split("\t", 1)) for line in lines if "\t" in line]
+    words = "free prize call now win cash hello see you later love dinner tonight meeting".split()
+    rng = random.Random(0)
+    return [("spam" if i % 5 == 0 else "ham", " ".join(rng.choices(words, k=8))) for i in range(3000)]
+
+
+class Soak:
+    def __init__(self, args):
+        self.args = args
+        self.url = args.url.rstrip("/")
+        self.config = (ROOT / "label_config" / "sms_spam.xml").read_text()
+        self.data = messages()
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.requests = 0
+        self.errors = 0
+        self.error_samples: list[str] = []
+        self.stop = threading.Event()
+
+    def call(self, path: str, body: dict, retry_for: float = 60.0) -> requests.Response | None:
+        deadline = time.time() + retry_for
+        while True:
+            started = time.perf_counter()
+            try:
+                resp = requests.post(self.url + path, json=body, timeout=120)
+                if resp.status_code < 500:
+                    with self.lock:
+                        self.requests += 1
+                        self.latencies.append((time.perf_counter() - started) * 1000)
+                        if resp.status_code >= 400:
+                            self.errors += 1
+                            self.error_samples.append(f"{path} {resp.status_code} {resp.text[:120]}")
+                    return resp
+                reason = f"{path} HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                reason = f"{path} {type(exc).__name__}"
+            if time.time() > deadline:  # still failing after retries: a real error
+                with self.lock:
+                    self.requests += 1
+                    self.errors += 1
+                    self.error_samples.append(reason)
+                return None
+            time.sleep(0.5)
+
+    def predict_client(self, seed: int) -> None:
+        rng = random.Random(seed)
+        while not self.stop.is_set():
+            batch = rng.sample(range(len(self.data)), rng.choice([1, 1, 1, 5, 20]))
+            tasks = [{"id": 100_000 + i, "data": {"text": self.data[i][1]}} for i in batch]
+            self.call("/predict", {"tasks": tasks, "project": str(self.args.project), "label_config": self.config})
+
+    def webhook(self, i: int) -> None:
+        label, text = self.data[i % len(self.data)]
+        self.call("/webhook", {
+            "action": "ANNOTATION_CREATED", "project": {"id": self.args.project, "label_config": self.config},
+            "task": {"id": 500_000 + i, "data": {"text": text}},
+            "annotation": {"id": 500_000 + i, "task": 500_000 + i, "was_cancelled": False,
+                           "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                       "value": {"choices": [label]}}]}})
+
+    def healthy(self, timeout: float = 180) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        return False
+
+    def trained_labels(self) -> int:
+        try:
+            reports = requests.get(f"{self.url}/reports?project={self.args.project}", timeout=10).json()["reports"]
+        except (requests.RequestException, ValueError, KeyError):
+            return 0
+        return max((r.get("labels") or 0 for r in reports), default=0)
+
+    def run(self) -> dict:
+        args = self.args
+        if not self.healthy(30):
+            sys.exit(f"no backend answering at {self.url}/health")
+        self.call("/setup", {"project": str(args.project), "schema": self.config})
+        started = time.time()
+        clients = [threading.Thread(target=self.predict_client, args=(seed,), daemon=True)
+                   for seed in range(args.clients)]
+        for thread in clients:
+            thread.start()
+        restarts = 0
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            half = args.webhooks // 2
+            list(pool.map(self.webhook, range(half)))
+            if args.restart_cmd:
+                time.sleep(1.0)  # let training start, then crash it
+                subprocess.run(args.restart_cmd, shell=True, check=False)
+                time.sleep(1.0)
+                if self.healthy():
+                    restarts += 1
+            list(pool.map(self.webhook, range(half, args.webhooks)))
+        while time.time() - started < args.duration:
+            time.sleep(0.5)
+        self.stop.set()
+        for thread in clients:
+            thread.join(timeout=130)
+        deadline = time.time() + args.train_timeout
+        trained = self.trained_labels()
+        while trained < args.webhooks and time.time() < deadline:
+            time.sleep(1)
+            trained = self.trained_labels()
+        lat = sorted(self.latencies) or [0.0]
+        return {
+            "requests": self.requests, "errors": self.errors,
+            "annotations_sent": args.webhooks, "annotations_trained": trained,
+            "annotations_lost": max(0, args.webhooks - trained),
+            "p50_ms": round(lat[len(lat) // 2], 1), "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 1),
+            "restarts_survived": restarts, "clients": args.clients, "seconds": round(time.time() - started, 1),
+            "error_samples": self.error_samples[:5],
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent /predict clients")
+    parser.add_argument("--webhooks", type=int, default=1000, help="annotation events in the storm")
+    parser.add_argument("--duration", type=float, default=30, help="minimum seconds of /predict load")
+    parser.add_argument("--project", type=int, default=9001)
+    parser.add_argument("--restart-cmd", help="shell command that crashes and restarts the backend mid-run")
+    parser.add_argument("--train-timeout", type=float, default=300)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = Soak(args).run()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+
+
+if __name__ == "__main__":
+    main()

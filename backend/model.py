@@ -167,7 +167,9 @@ class ClipClassifier:
         if target.modality == "image":
             if not isinstance(item.source, str):
                 raise FetchError(f"image reference is a {type(item.source).__name__}, not a URL")
-            return self.fetcher.load_image(item.source, task_id=item.task_id)
+            # JPEG draft decoding targets the encoder's input size (224 for ViT-B-32, more for larger models)
+            size = getattr(self._encoders.get(target.to_name), "image_size", 224)
+            return self.fetcher.load_image(item.source, task_id=item.task_id, target_size=size)
         return self.fetcher.load_text(item.source, is_url=target.value_is_url, task_id=item.task_id)
 
 

@@ -26,6 +26,20 @@ from .versions import VersionStore
 logger = logging.getLogger(__name__)
 
 
+class ModelLoadError(RuntimeError):
+    """The encoder could not be loaded; the message says which setting to change."""
+
+
+def _load_hint(modality: str, settings: Settings, exc: Exception) -> str:
+    if modality == "image" or settings.text_model.lower() == "clip":
+        what = f"CLIP model {settings.clip_model!r} with CLIP_PRETRAINED={settings.clip_pretrained!r}"
+        fix = "set CLIP_PRETRAINED to a local checkpoint file when the model hub is unreachable"
+    else:
+        what = f"text model TEXT_MODEL={settings.text_model!r}"
+        fix = "set TEXT_MODEL to a local sentence-transformers directory when the model hub is unreachable"
+    return f"cannot load {what}: {type(exc).__name__}: {str(exc)[:300]}; {fix}"
+
+
 class ClipClassifier:
     def __init__(self, project_id: str, label_config: str, settings: Settings,
                  store: EmbeddingStore | None = None, fetcher: Fetcher | None = None,
@@ -86,7 +100,10 @@ class ClipClassifier:
             for target in self.config.targets:
                 if target.from_name in self._zero_shot:
                     continue
-                encoder = get_encoder(target.modality, self.settings)
+                try:
+                    encoder = get_encoder(target.modality, self.settings)
+                except Exception as exc:  # missing weights, no network to the model hub, bad checkpoint...
+                    raise ModelLoadError(_load_hint(target.modality, self.settings, exc)) from exc
                 self._encoders[target.to_name] = encoder
                 self._zero_shot[target.from_name] = ZeroShotHead(
                     label_prototypes(encoder, target.labels), encoder.logit_scale, multiple=target.multiple)

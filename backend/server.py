@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 from .annotations import AnnotationLog
 from .fetch import Fetcher
 from .label_config import ConfigError
-from .model import ClipClassifier
+from .model import ClipClassifier, ModelLoadError
 from .settings import Settings, SettingsError
 from .store import EmbeddingStore
 from .training import Trainer
@@ -144,6 +144,8 @@ def _project_id(raw) -> str:
 def _warm_up(model: ClipClassifier) -> None:
     try:
         model.load()
+    except ModelLoadError as exc:
+        logger.error("project %s: %s", model.project_id, exc)
     except Exception:
         logger.exception("loading the model for project %s failed", model.project_id)
 
@@ -194,6 +196,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(ConfigError)
     def _bad_config(exc):
         return jsonify({"error": f"unsupported labeling config: {exc}"}), 400
+
+    @app.errorhandler(ModelLoadError)
+    def _model_unavailable(exc):
+        logger.error("%s", exc)
+        return jsonify({"error": str(exc)}), 503
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):

@@ -125,3 +125,14 @@ def test_basic_auth_protects_everything_but_health(tmp_path):
     assert client.post("/setup", json={"project": "1", "schema": IMAGE_CONFIG}, headers=bad).status_code == 401
     assert client.post("/setup", json={"project": "1", "schema": IMAGE_CONFIG}, headers=good).status_code == 200
     assert client.get("/metrics", headers=good).status_code == 200
+
+
+def test_unloadable_model_is_a_clear_503_not_a_traceback(tmp_path):
+    env = backend_env(tmp_path, CLIP_PRETRAINED="no_such_tag")
+    client = create_app(Settings.from_env(env)).test_client()
+    assert client.post("/setup", json={"project": "1", "schema": IMAGE_CONFIG}).status_code == 200  # answers at once
+    resp = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "x.jpg"}}], "project": "1",
+                                         "label_config": IMAGE_CONFIG})
+    assert resp.status_code == 503
+    assert "CLIP_PRETRAINED='no_such_tag'" in resp.json["error"] and "local checkpoint" in resp.json["error"]
+    assert client.get("/health").status_code == 200  # still serving

@@ -35,6 +35,22 @@ CREATE TABLE IF NOT EXISTS projects (
 """
 
 
+# A newer write of the same annotation replaces it (and revives it if it was marked deleted).
+UPSERT = (
+    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, deleted, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+    "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id=excluded.task_id, task_data=excluded.task_data, "
+    "labels=excluded.labels, cancelled=excluded.cancelled, deleted=0, "
+    "updated_at=MAX(updated_at, excluded.updated_at)"
+)
+
+
+def _row(project: str, annotation: dict, task: dict, now: float) -> tuple:
+    task_id = int(task.get("id") or annotation["task"])
+    return (project, int(annotation["id"]), task_id, json.dumps(task.get("data") or {}),
+            json.dumps(choices_from_result(annotation.get("result"))), int(bool(annotation.get("was_cancelled"))), now)
+
+
 @dataclass(frozen=True)
 class LabeledTask:
     task_id: int
@@ -73,21 +89,10 @@ class AnnotationLog:
 
     def record(self, project: str, annotation: dict, task: dict, label_config: str | None = None) -> None:
         """Store (or replace) one annotation from a webhook payload or the Label Studio API."""
-        annotation_id, task_id = int(annotation["id"]), int(task.get("id") or annotation["task"])
-        row = (project, annotation_id, task_id, json.dumps(task.get("data") or {}),
-               json.dumps(choices_from_result(annotation.get("result"))),
-               int(bool(annotation.get("was_cancelled"))), time.time())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, "
-                    "deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
-                    "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id=excluded.task_id, "
-                    "task_data=excluded.task_data, labels=excluded.labels, cancelled=excluded.cancelled, "
-                    "deleted=0, updated_at=excluded.updated_at",
-                    row,
-                )
+                self._db.execute(UPSERT, _row(project, annotation, task, time.time()))
                 self._bump(project, label_config)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -120,16 +125,7 @@ class AnnotationLog:
             try:
                 self._db.execute("UPDATE annotations SET deleted = 1 WHERE project = ?", (project,))
                 now = time.time()
-                self._db.executemany(
-                    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, "
-                    "deleted, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
-                    "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id=excluded.task_id, "
-                    "task_data=excluded.task_data, labels=excluded.labels, cancelled=excluded.cancelled, "
-                    "deleted=0, updated_at=MAX(updated_at, excluded.updated_at)",
-                    [(project, int(a["id"]), int(t["id"]), json.dumps(t.get("data") or {}),
-                      json.dumps(choices_from_result(a.get("result"))), int(bool(a.get("was_cancelled"))), now)
-                     for a, t in rows],
-                )
+                self._db.executemany(UPSERT, [_row(project, a, t, now) for a, t in rows])
                 if label_config:
                     self._db.execute("UPDATE projects SET label_config = ? WHERE project = ?", (label_config, project))
                 self._db.execute("COMMIT")

@@ -193,6 +193,9 @@ class QueryStrategy:
     name = "strategy"
     needs_labels = True  # False: usable before any annotation (random, cold start)
 
+    def __init__(self, diverse: bool = False, shortlist_factor: int = 4):
+        self.diverse, self.shortlist_factor = diverse, shortlist_factor
+
     def uncertainty(self, proba, embeddings=None, **context) -> np.ndarray:
         raise NotImplementedError
 
@@ -244,9 +247,6 @@ class RandomSampling(QueryStrategy):
 class LeastConfidence(QueryStrategy):
     name = "least_confidence"
 
-    def __init__(self, diverse: bool = False, shortlist_factor: int = 4):
-        self.diverse, self.shortlist_factor = diverse, shortlist_factor
-
     def uncertainty(self, proba, embeddings=None, **context):
         return least_confidence(proba)
 
@@ -254,18 +254,12 @@ class LeastConfidence(QueryStrategy):
 class Margin(QueryStrategy):
     name = "margin"
 
-    def __init__(self, diverse: bool = False, shortlist_factor: int = 4):
-        self.diverse, self.shortlist_factor = diverse, shortlist_factor
-
     def uncertainty(self, proba, embeddings=None, **context):
         return 1.0 - top2_margin(proba)
 
 
 class Entropy(QueryStrategy):
     name = "entropy"
-
-    def __init__(self, diverse: bool = False, shortlist_factor: int = 4):
-        self.diverse, self.shortlist_factor = diverse, shortlist_factor
 
     def uncertainty(self, proba, embeddings=None, **context):
         return normalized_entropy(proba)

@@ -18,7 +18,7 @@ from .fetch import Fetcher, FetchError
 from .heads import ZeroShotHead
 from .label_config import Target, parse_label_config
 from .pipeline import Item, embed_items
-from .prompts import label_prototypes
+from .prompts import label_prototypes, query_prompts
 from .settings import Settings
 from .store import EmbeddingStore
 from .versions import VersionStore
@@ -28,6 +28,16 @@ logger = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """The encoder could not be loaded; the message says which setting to change."""
+
+class SearchError(ValueError):
+    """A search request the model cannot serve (e.g. an unknown object tag); the message says why."""
+
+
+# Up to this many labeled task ids are excluded inside Chroma (a metadata `$nin` filter; SQLite caps
+# the number of bound variables); more are dropped after an over-fetching query.
+_MAX_NIN = 5000
+SEARCH_HINT = ("only embedded tasks are searchable: in Label Studio select tasks → Actions → Retrieve "
+               "predictions, or run scripts/embed_project.py for the project")
 
 
 def _load_hint(modality: str, settings: Settings, exc: Exception) -> str:
@@ -160,6 +170,59 @@ class ClipClassifier:
             for results, scores in zip(per_task_results, per_task_scores)
         ]
 
+    # -- search ------------------------------------------------------------------------------
+    def search_target(self, to_name: str | None = None) -> Target:
+        """The target whose items a search looks at: the one on object tag ``to_name``, else the first."""
+        if to_name is None:
+            return self.config.targets[0]
+        for target in self.config.targets:
+            if target.to_name == to_name:
+                return target
+        known = sorted({t.to_name for t in self.config.targets})
+        raise SearchError(f"to_name {to_name!r} is not an object tag with <Choices> in the labeling config; "
+                          f"known: {known}")
+
+    def query_embedding(self, query: str, target: Target) -> np.ndarray:
+        """The query as a unit vector in the target's embedding space. Images: CLIP's text tower, the
+        query filled into CLIP's prompt templates ("a photo of a horse.", ...) plus the query itself,
+        averaged; text: the project's text encoder embeds the query like an item. "a | b" averages both."""
+        self.load()
+        encoder = self._encoders[target.to_name]
+        templates = encoder.templates if target.modality == "image" else ()
+        prompts = query_prompts(query, templates)
+        if not prompts:
+            raise SearchError("the query is empty")
+        mean = np.asarray(encoder.encode_prompts(prompts), dtype=np.float32).mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+    def search(self, query: str, k: int = 20, exclude_task_ids=(), to_name: str | None = None) -> dict:
+        """The k embedded tasks most similar to a text query, best first, leaving out exclude_task_ids
+        (the labeled ones). Only items already in the store are searched (nothing is embedded here).
+
+        Returns {"query", "model_version", "encoder", "to_name", "embedded", "results": [{"task",
+        "score" (cosine similarity), "field"}]} and a "hint" when nothing could be found."""
+        target = self.search_target(to_name)
+        enc_id = self.encoder_ids[target.to_name]
+        response = {"query": query, "model_version": self.model_version, "encoder": enc_id,
+                    "to_name": target.to_name, "embedded": 0, "results": []}
+        if self.store is None:
+            response["hint"] = "the embedding store is unavailable (see the server log); nothing can be searched"
+            return response
+        collection = self.store.collection(self.project_id, enc_id)
+        total = collection.count()  # records of every field stored with this encoder
+        response["embedded"] = total
+        if total == 0:
+            response["hint"] = f"no task of project {self.project_id} is embedded yet; {SEARCH_HINT}"
+            return response
+        vector = self.query_embedding(query, target)
+        exclude = {int(t) for t in exclude_task_ids}
+        hits = _nearest(collection, vector, k, target.to_name, exclude, total)
+        response["results"] = [{"task": task, "score": score, "field": target.to_name} for task, score in hits]
+        if not hits:
+            response["hint"] = f"every embedded task is labeled or none has a {target.to_name!r} item; {SEARCH_HINT}"
+        self.stats.update(searches=1)
+        return response
+
     # -- learning ----------------------------------------------------------------------------
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """A Label Studio event: record the annotation durably, retrain in the background, return at once."""
@@ -192,3 +255,31 @@ class ClipClassifier:
 
 def _task_id(task) -> object:
     return task.get("id") if isinstance(task, dict) else None
+
+
+def _nearest(collection, vector: np.ndarray, k: int, field: str, exclude: set[int],
+             total: int) -> list[tuple[int, float]]:
+    """(task id, cosine similarity) of the k nearest records of ``field`` not in ``exclude``, best first.
+
+    HNSW query in Chroma (cosine space: similarity = 1 - distance). Excluded tasks are filtered inside
+    Chroma with ``$nin`` up to _MAX_NIN ids; beyond that, the query over-fetches (doubling) and drops them.
+    """
+    where: dict = {"field": field}
+    inside = bool(exclude) and len(exclude) <= _MAX_NIN
+    if inside:
+        where = {"$and": [where, {"task_id": {"$nin": sorted(exclude)}}]}
+    n = k if inside or not exclude else min(total, k + min(len(exclude), 4 * k))
+    while True:
+        n = max(1, min(n, total))
+        res = collection.query(query_embeddings=[vector.tolist()], n_results=n, where=where,
+                               include=["distances", "metadatas"])
+        hits = []
+        for meta, distance in zip(res["metadatas"][0], res["distances"][0]):
+            task = int((meta or {}).get("task_id", -1))
+            if task >= 0 and task not in exclude:
+                hits.append((task, float(1.0 - distance)))
+        if len(hits) >= k or n >= total or len(res["ids"][0]) < n:
+            break
+        n *= 2  # too many of the nearest were labeled: look further
+    hits.sort(key=lambda hit: -hit[1])
+    return hits[:k]

@@ -29,3 +29,10 @@ def label_prototypes(encoder, labels: tuple[ChoiceLabel, ...]) -> np.ndarray:
         protos.append(mean / max(np.linalg.norm(mean), 1e-12))
         start += len(prompts)
     return np.stack(protos).astype(np.float32)
+
+
+def query_prompts(query: str, templates: tuple[str, ...] = ()) -> list[str]:
+    """A free-text search query as prompts: each "|"-separated part verbatim, and, with templates
+    (CLIP's prompt ensemble for images), filled into each of them: "horse" -> "a photo of a horse.", ..."""
+    parts = [part.strip() for part in query.split("|") if part.strip()]
+    return list(dict.fromkeys([template.format(part) for part in parts for template in templates] + parts))

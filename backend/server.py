@@ -4,6 +4,8 @@ GET /health, GET /          liveness: {"status": "UP", "model_class": ...}
 POST /setup                 {"project", "schema", ...} -> {"model_version"}
 POST /predict               {"tasks", "project", "label_config", ...} -> {"results": [...]} one entry per task
 POST /webhook               annotation events -> acknowledged at once
+POST /search                {"query", "k", "project", "label_config"?, "to_name"?} -> {"results": [{"task", "score"}]}
+                            the unlabeled embedded tasks most similar to a text query, best first
 GET /metrics                counters, latencies and training state as JSON
 GET /reports                evaluation reports of every model version (JSON list)
 GET /reports/latest         the newest report (HTML; ?format=json for JSON), /reports/<version> likewise
@@ -25,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from .annotations import AnnotationLog
 from .fetch import Fetcher
 from .label_config import ConfigError
-from .model import ClipClassifier, ModelLoadError
+from .model import ClipClassifier, ModelLoadError, SearchError
 from .settings import Settings, SettingsError
 from .store import EmbeddingStore
 from .training import Trainer
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = {"/", "/health"}
 TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
+MAX_SEARCH_K = 1000
+MAX_QUERY_CHARS = 2000
 
 
 class BadRequest(ValueError):
@@ -248,6 +252,34 @@ def create_app(settings: Settings | None = None) -> Flask:
         served = sum(1 for r in results if r)
         metrics.add(predict_requests=1, tasks=len(tasks), predictions=served, tasks_failed=len(tasks) - served)
         return jsonify({"results": results})
+
+    @app.post("/search")
+    def search():
+        body = _json_body()
+        query = body.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise BadRequest("'query' must be a non-empty string, e.g. {\"query\": \"a horse\"}")
+        if len(query) > MAX_QUERY_CHARS:
+            raise BadRequest(f"'query' is longer than {MAX_QUERY_CHARS} characters")
+        k = body.get("k", 20)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_SEARCH_K:
+            raise BadRequest(f"'k' must be an integer from 1 to {MAX_SEARCH_K}, got {k!r}")
+        to_name, label_config = body.get("to_name"), body.get("label_config")
+        if to_name is not None and not isinstance(to_name, str):
+            raise BadRequest("'to_name' must be the name of an object tag (e.g. \"image\")")
+        if label_config is not None and not isinstance(label_config, str):
+            raise BadRequest("'label_config' must be a string")
+        if body.get("project") in (None, ""):
+            raise BadRequest("'project' is required: the Label Studio project id whose tasks to search")
+        project = _project_id(body.get("project"))
+        model = registry.get(project, label_config)
+        labeled = {t.task_id for t in registry.log.labeled_tasks(project)}
+        try:
+            found = model.search(query.strip(), k, exclude_task_ids=labeled, to_name=to_name)
+        except SearchError as exc:
+            raise BadRequest(str(exc)) from None
+        metrics.add(search_requests=1)
+        return jsonify(found)
 
     @app.post("/webhook")
     def webhook():

@@ -147,6 +147,20 @@ def test_services_are_wired_by_name(config):
     assert "8000" in str(services["chroma"]["healthcheck"]["test"])  # the port CHROMA_PORT names
 
 
+def test_backend_settings_accept_the_compose_environment(config):
+    """The values compose passes (empty strings for unset options included) are valid settings."""
+    from backend.settings import Settings
+
+    for role in BACKEND_ROLES:
+        settings = Settings.from_env(environment(config["services"][role]))
+        assert settings.chroma_host == "chroma" and settings.chroma_port == 8000
+        assert settings.model_dir == Path("/data/models")
+        assert settings.label_studio_url == "http://label-studio:8080" and settings.label_studio_api_key
+        assert settings.basic_auth_user is None and settings.chroma_auth_token is None
+        assert settings.redis_url and settings.rq_queue == "clip-backend"
+        assert settings.device == "cpu"
+
+
 def test_label_studio_may_call_an_in_network_backend(config):
     ls = config["services"]["label-studio"]
     assert ls["image"] == f"heartexlabs/label-studio:{LABEL_STUDIO_VERSION}"  # the version the e2e tests use

@@ -33,3 +33,33 @@ class LabelStudioAPI:
 
     def set_model_version(self, project: int, model_version: str) -> None:
         self.client.projects.update(id=int(project), model_version=model_version)
+
+    def tasks_predicted_by(self, project: int, model_version: str) -> set[int]:
+        """Ids of the project's tasks that have a prediction of this model version."""
+        found = set()
+        for task in self.client.tasks.list(project=int(project), fields="all", page_size=500):
+            for p in task.predictions or []:
+                version = p.get("model_version") if isinstance(p, dict) else getattr(p, "model_version", None)
+                if version == model_version:
+                    found.add(task.id)
+                    break
+        return found
+
+    def sampling(self, project: int) -> str | None:
+        return getattr(self.client.projects.get(id=int(project)), "sampling", None)
+
+    def set_sampling(self, project: int, sampling: str) -> None:
+        self.client.projects.update(id=int(project), sampling=sampling)
+
+    def ensure_view(self, project: int, title: str, ordering: list[str], filters: dict | None = None) -> str:
+        """A Data Manager tab with this title, ordered as given; created once, left alone after
+        (the user may edit it). Returns "created" or "exists"."""
+        for view in self.client.views.list(project=int(project)):
+            data = view.data if isinstance(view.data, dict) else {}
+            if data.get("title") == title:
+                return "exists"
+        data = {"title": title, "ordering": ordering}
+        if filters:
+            data["filters"] = filters
+        self.client.views.create(project=int(project), data=data)
+        return "created"

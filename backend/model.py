@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """The encoder could not be loaded; the message says which setting to change."""
+
 
 class SearchError(ValueError):
     """A search request the model cannot serve (e.g. an unknown object tag); the message says why."""
@@ -123,6 +125,14 @@ class ClipClassifier:
         self.load()
         return self._zero_shot[target.from_name]
 
+    @property
+    def trained(self) -> bool:
+        """True once a trained version serves (before: zero-shot)."""
+        return self._version is not None
+
+    def is_trained(self, target: Target) -> bool:
+        return target.from_name in self._trained
+
     def head(self, target: Target):
         return self._trained.get(target.from_name) or self.zero_shot_head(target)
 
@@ -143,19 +153,43 @@ class ClipClassifier:
         ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
         return [i for i, _ in ok], [e for _, e in ok]
 
-    def predict(self, tasks: list, context: dict | None = None, progress=None, **kwargs) -> list:
-        """One entry per task, in order: a prediction dict, or [] when no prediction could be made."""
+    def infer(self, tasks: list, progress=None) -> dict[str, "Inference"]:
+        """Per target (from_name): which tasks have an item, their embeddings, the head and its probabilities."""
         self.refresh()
-        version = self.model_version
-        per_task_results: list[list[dict]] = [[] for _ in tasks]
-        per_task_scores: list[list[float]] = [[] for _ in tasks]
+        out = {}
         for target in self.config.targets:
             indices, embeddings = self.embed(target, tasks, progress=progress)
             if not indices:
                 continue
             head = self.head(target)
-            proba = head.predict_proba(np.stack(embeddings))
-            for task_index, row in zip(indices, proba):
+            E = np.stack(embeddings)
+            out[target.from_name] = Inference(target, indices, E, head, head.predict_proba(E))
+        return out
+
+    def predict(self, tasks: list, context: dict | None = None, progress=None, **kwargs) -> list:
+        """One entry per task, in order: a prediction dict, or [] when no prediction could be made.
+
+        Each region's score is the head's confidence in its choice. The prediction's score, which
+        Label Studio sorts the queue by (ascending), is the task's queue priority (ranking.py): from
+        the last re-ranking of this version if the task was in it, else from ranking this batch
+        ("Retrieve predictions" sends all selected tasks at once); a lone unranked task gets its
+        lowest region confidence."""
+        from .ranking import queue_priorities, saved_priorities
+
+        inferred = self.infer(tasks, progress=progress)
+        saved = saved_priorities(self.settings.model_dir, self.project_id, self.model_version)
+        unranked = [t for t in tasks if _task_id(t) not in saved]
+        batch = queue_priorities(self, tasks, inferred, [], self.settings.queue_strategy,
+                                 self.settings.queue_batch) if len(unranked) > 1 else {}
+        return self.to_predictions(tasks, inferred, {**batch, **saved})
+
+    def to_predictions(self, tasks: list, inferred: dict[str, "Inference"], queue_scores: dict) -> list:
+        version = self.model_version
+        per_task_results: list[list[dict]] = [[] for _ in tasks]
+        per_task_scores: list[list[float]] = [[] for _ in tasks]
+        for inference in inferred.values():
+            target, head = inference.target, inference.head
+            for task_index, row in zip(inference.indices, inference.proba):
                 confidence = float(head.score(row))
                 per_task_results[task_index].append({
                     "from_name": target.from_name,
@@ -165,10 +199,15 @@ class ClipClassifier:
                     "score": confidence,
                 })
                 per_task_scores[task_index].append(confidence)
-        return [
-            {"result": results, "score": min(scores), "model_version": version} if results else []
-            for results, scores in zip(per_task_results, per_task_scores)
-        ]
+        predictions = []
+        for task, results, scores in zip(tasks, per_task_results, per_task_scores):
+            if not results:
+                predictions.append([])
+                continue
+            score = queue_scores.get(_task_id(task))
+            predictions.append({"result": results, "score": float(min(scores) if score is None else score),
+                                "model_version": version})
+        return predictions
 
     # -- search ------------------------------------------------------------------------------
     def search_target(self, to_name: str | None = None) -> Target:
@@ -251,6 +290,15 @@ class ClipClassifier:
             size = getattr(self._encoders.get(target.to_name), "image_size", 224)
             return self.fetcher.load_image(item.source, task_id=item.task_id, target_size=size)
         return self.fetcher.load_text(item.source, is_url=target.value_is_url, task_id=item.task_id)
+
+
+@dataclass
+class Inference:
+    target: Target
+    indices: list[int]  # positions in the task list that have this target's item
+    embeddings: np.ndarray  # (len(indices), d), L2-normalized
+    head: object
+    proba: np.ndarray  # (len(indices), K)
 
 
 def _task_id(task) -> object:

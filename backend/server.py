@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -28,6 +29,7 @@ from .annotations import AnnotationLog
 from .fetch import Fetcher
 from .label_config import ConfigError
 from .model import ClipClassifier, ModelLoadError, SearchError
+from .ranking import ranked_version
 from .settings import Settings, SettingsError
 from .store import EmbeddingStore
 from .training import Trainer
@@ -154,6 +156,15 @@ def _warm_up(model: ClipClassifier) -> None:
         logger.exception("loading the model for project %s failed", model.project_id)
 
 
+def _process(registry: ModelRegistry) -> dict:
+    """This process's pid and the version it serves per project (each gunicorn worker has its own)."""
+    serving = {}
+    for (project, _), model in list(registry._models.items()):
+        model.refresh()  # as /predict does: one small file read
+        serving[project] = model.model_version
+    return {"pid": os.getpid(), "serving": serving}
+
+
 def _json_body() -> dict:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -235,6 +246,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         model = registry.get(project, schema)
         # Label Studio waits only a few seconds for /setup: load weights in the background.
         threading.Thread(target=_warm_up, args=(model,), name="warm-up").start()
+        if all(registry.connection(project)) and not model.trained \
+                and ranked_version(settings.model_dir, project) != model.model_version:
+            # cold start: rank the queue from zero-shot before the first annotation (background run)
+            registry.log.request_training(project, schema)
+            registry.trainer.notify(project)
         return jsonify({"model_version": model.model_version})
 
     @app.post("/predict")
@@ -334,9 +350,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/metrics")
     def metrics_view():
         trainer = registry.trainer
-        return jsonify({**metrics.snapshot(registry.stats()),
+        if trainer.jobs is not None:  # RQ workers train, maybe elsewhere: the cluster's state is in Redis
+            return jsonify({**metrics.snapshot(registry.stats()), "process": _process(registry),
+                            "training": trainer.jobs.status()})
+        return jsonify({**metrics.snapshot(registry.stats()), "process": _process(registry),
                         "training": {"runs": dict(trainer.runs), "failures": dict(trainer.failures),
-                                     "last_error": trainer.last_error, "busy": trainer.busy()}})
+                                     "last_error": trainer.last_error, "busy": trainer.busy(),
+                                     "last_ranking": trainer.last_ranking}})
 
     resumed = registry.trainer.resume()  # annotations recorded before a restart are trained on now
     if resumed:

@@ -41,6 +41,17 @@ def _float(env, name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
+def _bool(env, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} must be true or false")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     # Label Studio connection (for relative /data/... URLs)
@@ -56,6 +67,13 @@ class Settings:
     chroma_path: Path | None = None
     chroma_host: str | None = None
     chroma_port: int = 8000
+    chroma_ssl: bool = False
+    chroma_auth_token: str | None = dataclasses.field(default=None, repr=False)  # sent as a bearer token
+    # training jobs on Redis + RQ (jobs.py); without REDIS_URL training runs in in-process threads
+    redis_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    rq_queue: str = "clip-backend"
+    training_watchdog_s: float = 10.0  # how often the web app re-queues projects whose worker died
+    training_lock_ttl_s: float = 30.0  # a killed worker's per-project training lock expires after this
     # encoders
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "laion2b_s34b_b79k"
@@ -71,6 +89,11 @@ class Settings:
     max_text_chars: int = 20_000
     # hosts task URLs may point to, besides Label Studio's own ("*" = any, "*.example.com" = subdomains)
     allowed_fetch_hosts: tuple[str, ...] = ()
+    # labeling queue (ranking.py)
+    queue_strategy: str = "boundary"
+    queue_batch: int = 50
+    queue_view: str = "Boundary first"  # Data Manager tab ordered by our scores ("" = none)
+    uncertainty_sampling: bool = False  # opt-in: switch the project's sampling to "Uncertainty sampling"
 
     @property
     def resolved_chroma_path(self) -> Path:
@@ -95,6 +118,18 @@ class Settings:
         if pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) and not Path(pretrained).is_file():
             raise SettingsError(f"CLIP_PRETRAINED={pretrained!r} looks like a checkpoint path but no such file exists")
         root = env.get("LOCAL_FILES_DOCUMENT_ROOT")
+        redis_url = env.get("REDIS_URL") or None
+        if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")  # no echo: may hold a password
+        queue = (env.get("RQ_QUEUE") or "clip-backend").strip()
+        if not queue.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise SettingsError(f"RQ_QUEUE={queue!r} may contain only letters, digits, '-', '_' and '.'")
+        from .strategies import STRATEGIES
+
+        strategy = (env.get("QUEUE_STRATEGY") or "boundary").lower().replace("-", "_")
+        if strategy not in STRATEGIES or strategy == "cold_start":
+            choices = ", ".join(s for s in STRATEGIES if s != "cold_start")
+            raise SettingsError(f"QUEUE_STRATEGY={strategy!r} must be one of {choices}")
         return cls(
             label_studio_url=url,
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
@@ -106,6 +141,12 @@ class Settings:
             chroma_path=Path(env["CHROMA_PATH"]) if env.get("CHROMA_PATH") else None,
             chroma_host=env.get("CHROMA_HOST") or None,
             chroma_port=_int(env, "CHROMA_PORT", 8000, 1),
+            chroma_ssl=_bool(env, "CHROMA_SSL", False),
+            chroma_auth_token=env.get("CHROMA_AUTH_TOKEN") or None,
+            redis_url=redis_url,
+            rq_queue=queue,
+            training_watchdog_s=_float(env, "TRAINING_WATCHDOG_S", 10.0, 0.1),
+            training_lock_ttl_s=_float(env, "TRAINING_LOCK_TTL_S", 30.0, 1.0),
             clip_model=env.get("CLIP_MODEL") or cls.clip_model,
             clip_pretrained=pretrained or "none",
             text_model=env.get("TEXT_MODEL") or cls.text_model,
@@ -117,6 +158,10 @@ class Settings:
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 64_000_000, 1),
             fetch_workers=_int(env, "FETCH_WORKERS", 8, 1),
             max_text_chars=_int(env, "MAX_TEXT_CHARS", 20_000, 1),
+            queue_strategy=strategy,
+            queue_batch=_int(env, "QUEUE_BATCH", 50, 1),
+            queue_view=env.get("QUEUE_VIEW", "Boundary first").strip(),
+            uncertainty_sampling=_bool(env, "UNCERTAINTY_SAMPLING", False),
             allowed_fetch_hosts=tuple(h.strip().lower() for h in (env.get("ALLOWED_FETCH_HOSTS") or "").split(",")
                                       if h.strip()),
         )

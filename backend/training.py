@@ -18,6 +18,7 @@ from .annotations import AnnotationLog
 from .evaluation import train_and_select, write_report
 from .label_config import ConfigError, parse_label_config
 from .label_studio import LabelStudioAPI
+from .ranking import publish_ranking, ranked_version
 from .settings import Settings
 from .versions import VersionStore
 
@@ -33,8 +34,14 @@ class Trainer:
         self.runs: Counter = Counter()  # project -> finished training runs
         self.failures: Counter = Counter()
         self.last_error: dict[str, str] = {}
+        self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        self.jobs = None  # with REDIS_URL, RQ workers train instead of threads (jobs.py)
+        if settings.redis_url:
+            from .jobs import RedisJobs
+
+            self.jobs = RedisJobs(settings, registry.connection)
 
     # -- events ------------------------------------------------------------------------------
     def handle(self, project: str, event: str, payload: dict) -> dict:
@@ -162,6 +169,8 @@ class Trainer:
             reports[target.from_name] = report
         if not heads:
             logger.info("project %s: no usable labels yet; zero-shot keeps serving", project)
+            if api is not None and ranked_version(self.settings.model_dir, project) != model.model_version:
+                self._publish(api, project, model, unlabeled or [], rows)  # cold start: zero-shot + typicality
             return None
 
         primary = next(iter(reports))
@@ -183,18 +192,17 @@ class Trainer:
         logger.info("project %s: trained %s on %d labeled tasks in %.1fs", project, version.name, len(rows),
                     time.perf_counter() - started)
         if api is not None:
-            self._publish(api, project, model, unlabeled or [])
+            self._publish(api, project, model, unlabeled or [], rows)
         return version
 
-    def _publish(self, api: LabelStudioAPI, project: str, model, unlabeled: list[dict]) -> None:
-        """Predict unlabeled tasks with the new version, store them in Label Studio, switch the project to it."""
-        results = model.predict(unlabeled) if unlabeled else []
-        predictions = [{"task": task["id"], **result} for task, result in zip(unlabeled, results) if result]
+    def _publish(self, api: LabelStudioAPI, project: str, model, unlabeled: list[dict], rows) -> None:
+        """Re-rank the queue with the serving version: predictions for every unlabeled task with
+        score = queue priority, pushed to Label Studio, project switched to the version (ranking.py)."""
+        labeled = [{"id": r.task_id, "data": r.data, "labels": r.labels} for r in rows]
         try:
-            api.push_predictions(int(project), predictions)
-            api.set_model_version(int(project), model.model_version)
+            self.last_ranking[project] = publish_ranking(api, project, model, unlabeled, labeled, self.settings)
         except Exception as exc:
-            logger.warning("project %s: could not push predictions to Label Studio: %s", project, exc)
+            logger.warning("project %s: could not re-rank the queue in Label Studio: %s", project, exc)
 
     def _api(self, project: str) -> LabelStudioAPI | None:
         url, key = self.registry.connection(project)

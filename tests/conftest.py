@@ -41,10 +41,12 @@ def label_studio():
 
 @pytest.fixture(scope="session")
 def backend(label_studio, tmp_path_factory):
-    """Our backend as users run it: scripts/serve.sh, configured with a personal access token."""
+    """Our backend as users run it: scripts/serve.sh, configured with a personal access token,
+    opted in to switching projects to uncertainty sampling."""
     tmp = tmp_path_factory.mktemp("backend")
     env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url,
-                      LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token())
+                      LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
+                      UNCERTAINTY_SAMPLING="true")
     server = BackendProcess(env, tmp / "backend.log", free_port()).start()
     yield server.url
     server.kill()

@@ -1,0 +1,113 @@
+"""Queue priorities (ranking.py) in process: what /predict returns as the prediction score, before
+and after training, and the saved ranking of a published version. Real MiniLM, SMS spam texts."""
+import numpy as np
+import pytest
+
+from backend.ranking import queue_priorities, save_ranking
+from backend.server import create_app
+from backend.settings import Settings, SettingsError
+from backend.strategies import top2_margin
+from tests.helpers import backend_env, label_config
+
+SMS_CONFIG = label_config("sms_spam.xml")
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    env = backend_env(tmp_path_factory.mktemp("ranking"), QUEUE_BATCH=BATCH)
+    return create_app(Settings.from_env(env))
+
+
+@pytest.fixture(scope="module")
+def sms_tasks(sms_messages):
+    spam = [m for m in sms_messages if m[0] == "spam"][:60]
+    ham = [m for m in sms_messages if m[0] == "ham"][:60]
+    return [{"id": 1 + i, "data": {"text": text}, "truth": label} for i, (label, text) in enumerate(spam + ham)]
+
+
+def _predict(client, project, tasks):
+    body = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks], "project": project,
+            "label_config": SMS_CONFIG}
+    return client.post("/predict", json=body).json["results"]
+
+
+def test_a_batch_is_ranked_cold_start_batch_first_and_diverse(app, sms_tasks):
+    client = app.test_client()
+    results = _predict(client, "21", sms_tasks[:40] + sms_tasks[60:100])
+    scores = np.array([r["score"] for r in results])
+    assert len(set(scores.round(6))) == len(scores)  # a strict order
+    assert (scores < 0.5).sum() == BATCH  # the strategy's batch comes first, in query order
+    assert all(0.5 <= r["result"][0]["score"] <= 1.0 for r in results)  # regions keep their confidence
+
+    model = app.extensions["registry"].get("21", SMS_CONFIG)
+    first = [t for t, s in zip(sms_tasks[:40] + sms_tasks[60:100], scores) if s < 0.5]
+    (inference,) = model.infer(first).values()
+    similarity = inference.embeddings @ inference.embeddings.T
+    assert similarity[np.triu_indices(len(first), 1)].max() <= 0.95  # no near-duplicates in the batch
+
+
+def test_a_lone_task_gets_its_confidence(app, sms_tasks):
+    (result,) = _predict(app.test_client(), "22", sms_tasks[:1])
+    assert result["score"] == result["result"][0]["score"]
+
+
+def test_after_training_the_boundary_comes_first(app, sms_tasks):
+    registry = app.extensions["registry"]
+    client = app.test_client()
+    labeled = sms_tasks[:15] + sms_tasks[60:75]
+    for i, task in enumerate(labeled):
+        client.post("/webhook", json={
+            "action": "ANNOTATION_CREATED", "project": {"id": 23, "label_config": SMS_CONFIG},
+            "task": {"id": task["id"], "data": task["data"]},
+            "annotation": {"id": 900 + i, "task": task["id"], "result": [
+                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [task["truth"]]}}]}})
+    assert registry.trainer.wait("23", timeout=300)
+    model = registry.get("23", SMS_CONFIG)
+    model.refresh()
+    assert model.trained
+
+    unlabeled = sms_tasks[15:60] + sms_tasks[75:120]
+    inferred = model.infer(unlabeled)
+    (inference,) = inferred.values()
+    margins = top2_margin(inference.proba)
+    labeled_rows = [{"id": t["id"], "data": t["data"], "labels": {"label": [t["truth"]]}} for t in labeled]
+    priorities = queue_priorities(model, unlabeled, inferred, labeled_rows, "boundary", BATCH)
+    p = np.array([priorities[t["id"]] for t in unlabeled])
+    batch = p < 0.5
+    assert batch.sum() == BATCH
+    assert margins[batch].mean() < margins[~batch].mean()  # the batch sits on the decision boundary
+    assert margins[np.argmin(p)] <= np.quantile(margins, 0.2)  # the next task is among the least sure
+    # outside the batch, the order is by margin: the queue continues by uncertainty
+    rest = np.flatnonzero(~batch)
+    assert np.all(np.diff(margins[rest][np.argsort(p[rest])]) >= -1e-6)
+
+
+def test_predict_serves_the_saved_ranking_of_its_version_only(app, sms_tasks, tmp_path):
+    client = app.test_client()
+    registry = app.extensions["registry"]
+    model = registry.get("24", SMS_CONFIG)
+    save_ranking(registry.settings.model_dir, "24", model.model_version, "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    assert _predict(client, "24", sms_tasks[:1])[0]["score"] == pytest.approx(0.0123)
+    save_ranking(registry.settings.model_dir, "24", "another-version", "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    (result,) = _predict(client, "24", sms_tasks[:1])
+    assert result["score"] == result["result"][0]["score"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"QUEUE_STRATEGY": "best"}, "QUEUE_STRATEGY"),
+    ({"QUEUE_STRATEGY": "cold_start"}, "QUEUE_STRATEGY"),
+    ({"QUEUE_BATCH": "0"}, "QUEUE_BATCH"),
+    ({"UNCERTAINTY_SAMPLING": "maybe"}, "UNCERTAINTY_SAMPLING"),
+])
+def test_queue_settings_are_validated(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_queue_settings_defaults_and_aliases():
+    settings = Settings.from_env({"QUEUE_STRATEGY": "least-confidence", "UNCERTAINTY_SAMPLING": "yes"})
+    assert settings.queue_strategy == "least_confidence" and settings.uncertainty_sampling
+    default = Settings.from_env({})
+    assert (default.queue_strategy, default.queue_batch, default.queue_view, default.uncertainty_sampling) == \
+        ("boundary", 50, "Boundary first", False)

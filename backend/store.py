@@ -48,7 +48,12 @@ def make_client(settings: Settings):
     import chromadb
 
     if settings.chroma_host:
-        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port)
+        auth = {}
+        if settings.chroma_auth_token:  # Chroma's token provider sends "Authorization: Bearer <token>"
+            auth = {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
+                    "chroma_client_auth_credentials": settings.chroma_auth_token}
+        return chromadb.HttpClient(host=settings.chroma_host, port=settings.chroma_port, ssl=settings.chroma_ssl,
+                                   settings=chromadb.Settings(**auth))
     path = settings.resolved_chroma_path
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path))

@@ -80,6 +80,9 @@ class Trainer:
     # -- scheduling --------------------------------------------------------------------------
     def notify(self, project: str) -> None:
         """Make sure a training thread will see the latest generation of this project."""
+        if self.jobs is not None:
+            self.jobs.enqueue(project)
+            return
         with self._lock:
             thread = self._threads.get(project)
             if thread is not None and thread.is_alive():
@@ -93,9 +96,13 @@ class Trainer:
         pending = self.log.projects_needing_training()
         for project in pending:
             self.notify(project)
+        if self.jobs is not None:  # workers elsewhere may die mid-run: keep checking
+            self.jobs.start_watchdog(self.log)
         return pending
 
     def busy(self, project: str | None = None) -> bool:
+        if self.jobs is not None:
+            return self.jobs.busy(project)
         with self._lock:
             threads = [self._threads.get(project)] if project else list(self._threads.values())
         return any(t is not None and t.is_alive() for t in threads)
@@ -110,12 +117,13 @@ class Trainer:
             time.sleep(0.1)
         return False
 
-    def _loop(self, project: str) -> None:
+    def _loop(self, project: str) -> bool:
+        """Train until every recorded generation is trained on; False if a run failed."""
         time.sleep(0.2)  # let a burst of webhook events land before the first run
         while True:
             generation, trained, label_config = self.log.generations(project)
             if generation <= trained:
-                return
+                return True
             try:
                 self.train_once(project, generation, label_config)
             except Exception as exc:
@@ -125,7 +133,7 @@ class Trainer:
                     logger.warning("project %s: cannot train yet: %s", project, exc)
                 else:
                     logger.exception("project %s: training failed; the last good version keeps serving", project)
-                return  # retried on the next event or restart
+                return False  # retried on the next event or restart
             self.log.mark_trained(project, generation)
             self.runs[project] += 1
 

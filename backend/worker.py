@@ -1,0 +1,39 @@
+"""Training worker: `python -m backend.worker` (or scripts/worker.sh) runs training jobs from Redis (jobs.py).
+
+Configure it like the web app (same MODEL_DIR on a shared volume, same CHROMA_* and encoder settings) plus
+REDIS_URL. Jobs run in this process (rq's SimpleWorker, no fork per job), so encoder weights load once.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from .settings import Settings, SettingsError
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("configuration error: REDIS_URL is not set; the worker takes training jobs from Redis "
+              "(e.g. REDIS_URL=redis://localhost:6379/0, the same as the web app's)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from rq import Queue, SimpleWorker
+
+    from .jobs import worker_registry
+
+    registry = worker_registry(settings)
+    connection = registry.trainer.jobs.redis
+    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
+    logging.getLogger(__name__).info("training worker %s on queue %r: %s", worker.name, settings.rq_queue, settings)
+    # the scheduler runs retries that wait (RQ Retry intervals); one worker at a time holds it
+    worker.work(with_scheduler=True, logging_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Scaling on existing engines: a real Redis and a real Chroma server, the backend with 2 gunicorn workers
+(scripts/serve.sh) and 2 RQ training workers (scripts/worker.sh), annotations through /webhook."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from backend.annotations import AnnotationLog
+from backend.encoders import encoder_id
+from backend.settings import Settings, SettingsError
+from backend.store import collection_name, make_client
+from tests.helpers import REPO_ROOT, BackendProcess, backend_env
+from tests.ls_server import free_port
+from tests.test_crash_recovery import SMS_CONFIG, _event, _reports, _wait
+
+
+def _start(cmd, log_path, env=None) -> subprocess.Popen:
+    with open(log_path, "a") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+class Cluster:
+    def __init__(self, tmp, redis_port, chroma_port):
+        self.tmp = tmp
+        self.chroma_port = chroma_port
+        self.env = backend_env(tmp, WORKERS=2, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+                               CHROMA_HOST="127.0.0.1", CHROMA_PORT=chroma_port,
+                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=4)
+        self.web = BackendProcess(self.env, tmp / "backend.log", free_port())
+        self.url = self.web.url
+        self.workers: list[subprocess.Popen] = []
+
+    def start_worker(self) -> subprocess.Popen:
+        env = {**os.environ, "VENV": sys.prefix, **self.env}
+        worker = _start(["bash", str(REPO_ROOT / "scripts" / "worker.sh")], self.tmp / f"worker{len(self.workers)}.log",
+                        env)
+        self.workers.append(worker)
+        return worker
+
+    def trained(self, project: str, labels: int, timeout=120) -> dict:
+        """Wait until every recorded change is trained on; the newest report, which must cover `labels`."""
+        log = AnnotationLog(self.tmp / "models" / "annotations.sqlite3")
+
+        def done():
+            generation, trained, _ = log.generations(project)
+            reports = _reports(self.url, project)
+            return trained == generation and reports and reports[-1]["labels"] == labels and reports[-1]
+
+        return _wait(done, timeout=timeout)
+
+    def metrics(self) -> dict:
+        return requests.get(self.url + "/metrics", timeout=10).json()
+
+    def serving_everywhere(self, project: str, version: str, timeout=60) -> set:
+        """Predict and read /metrics (new connections: either gunicorn worker answers) until 2 pids serve it."""
+        seen: dict[int, str] = {}
+        probe = {"tasks": [{"id": 99999, "data": {"text": "WINNER! claim your prize"}}], "project": project,
+                 "label_config": SMS_CONFIG}
+
+        def both():
+            requests.post(self.url + "/predict", json=probe, timeout=60)  # builds the model in whichever answers
+            process = self.metrics()["process"]
+            seen[process["pid"]] = process["serving"].get(project)
+            return len(seen) >= 2 and all(v == version for v in seen.values())
+
+        _wait(both, timeout=timeout, step=0.05)
+        return set(seen)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cluster")
+    redis_port, chroma_port = free_port(), free_port()
+    procs = [_start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no"], tmp / "redis.log"),
+             _start([os.path.join(sys.prefix, "bin", "chroma"), "run", "--path", str(tmp / "chroma"),
+                     "--host", "127.0.0.1", "--port", str(chroma_port)], tmp / "chroma.log")]
+    cluster = Cluster(tmp, redis_port, chroma_port)
+    try:
+        _wait(lambda: _up(f"http://127.0.0.1:{chroma_port}/api/v2/heartbeat"), timeout=60)
+        for _ in range(2):
+            cluster.start_worker()
+        cluster.web.start()
+        _wait(lambda: cluster.metrics()["training"].get("workers") == 2, timeout=60)
+        yield cluster
+    finally:
+        cluster.web.kill()
+        for proc in cluster.workers + procs:
+            _stop(proc)
+
+
+def _up(url) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def _send(url, project, messages, start=0):
+    for i, (label, text) in enumerate(messages, start=start):
+        assert requests.post(url + "/webhook", json=_event(project, i, label, text), timeout=5).status_code == 201
+
+
+def test_web_workers_share_one_store_on_the_chroma_server(cluster, sms_messages):
+    tasks = [{"id": i, "data": {"text": text}} for i, (_, text) in enumerate(sms_messages[:80])]
+    body = {"tasks": tasks, "project": "31", "label_config": SMS_CONFIG}
+    per_pid: dict[int, dict] = {}
+
+    def both_answered():
+        versions = {r["model_version"] for r in requests.post(cluster.url + "/predict", json=body, timeout=120)
+                    .json()["results"]}
+        assert len(versions) == 1
+        for _ in range(6):
+            m = cluster.metrics()
+            per_pid[m["process"]["pid"]] = m["counters"]
+        return len([c for c in per_pid.values() if c.get("predict_requests")]) >= 2
+
+    _wait(both_answered, timeout=120, step=0)
+    computed = sum(c.get("embeddings_computed", 0) for c in per_pid.values())
+    assert computed == 80  # embedded once in the whole cluster; the other worker read them from Chroma
+    assert all(c["embeddings_cached"] + c["embeddings_computed"] == 80 * c["predict_requests"]
+               for c in per_pid.values() if c.get("predict_requests"))
+    settings = Settings.from_env(cluster.env)
+    collection = make_client(settings).get_collection(collection_name("31", encoder_id("text", settings)))
+    assert collection.count() == 80  # each task once
+
+
+def test_rq_workers_train_and_every_web_worker_serves_the_new_version(cluster, sms_messages):
+    _send(cluster.url, 32, sms_messages[:60])
+    version = cluster.trained("32", 60)["version"]
+    assert len(cluster.serving_everywhere("32", version)) == 2
+    probe = {"tasks": [{"id": 99999, "data": {"text": "WINNER! claim your prize"}}], "project": "32",
+             "label_config": SMS_CONFIG}
+    assert requests.post(cluster.url + "/predict", json=probe, timeout=30).json()["results"][0]["model_version"] \
+        == version
+    training = cluster.metrics()["training"]
+    assert training["mode"] == "rq" and training["runs"]["32"] >= 1 and not training["failures"].get("32")
+
+
+def test_no_annotation_lost_when_a_worker_is_killed_mid_job(cluster, sms_messages):
+    log = AnnotationLog(cluster.tmp / "models" / "annotations.sqlite3")
+    total = 300
+    sender = threading.Thread(target=_send, args=(cluster.url, 33, sms_messages[:total]))
+    sender.start()
+    # a worker holds the project's training lock while annotations keep arriving
+    holder = _wait(lambda: cluster.metrics()["training"]["locks"].get("33"), timeout=60, step=0.02)
+    pid = int(holder.split(":")[1])
+    victim = next(w for w in cluster.workers if w.pid == pid)
+    generation, trained, _ = log.generations("33")
+    _stop(victim, signal.SIGKILL)
+    assert generation > trained  # the killed run had untrained annotations
+    sender.join()
+    # its lock expires, the watchdog re-queues, the surviving worker trains everything
+    final = cluster.trained("33", total)
+    assert len(cluster.serving_everywhere("33", final["version"])) == 2
+    cluster.workers.remove(victim)
+
+
+def test_settings_for_redis_and_chroma_server_are_validated_and_secrets_hidden():
+    with pytest.raises(SettingsError, match="REDIS_URL"):
+        Settings.from_env({"REDIS_URL": "http://localhost:6379"})
+    with pytest.raises(SettingsError, match="CHROMA_SSL"):
+        Settings.from_env({"CHROMA_SSL": "maybe"})
+    settings = Settings.from_env({"REDIS_URL": "redis://:hunter2@db:6379/0", "CHROMA_AUTH_TOKEN": "tok-42",
+                                  "TRAINING_WATCHDOG_S": "2.5"})
+    assert settings.rq_queue == "clip-backend" and settings.training_watchdog_s == 2.5
+    assert "hunter2" not in repr(settings) and "tok-42" not in repr(settings)
+
+
+def test_chroma_auth_token_is_sent_as_a_bearer_token():
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings.from_env({"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(server.server_port),
+                                      "CHROMA_AUTH_TOKEN": "tok-42"})
+        with pytest.raises(Exception):
+            make_client(settings).heartbeat()
+    finally:
+        server.shutdown()
+    assert seen and all(h == "Bearer tok-42" for h in seen)
+
+
+def test_worker_without_redis_url_explains_what_to_set():
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run([sys.executable, "-m", "backend.worker"], env=env, capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 2 and "REDIS_URL is not set" in done.stderr

@@ -71,10 +71,14 @@ def choices_from_result(result) -> dict:
 
 
 class AnnotationLog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, journal_mode: str = "wal"):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL is fastest but needs every process on one host (shared memory index); "delete" (a
+        # rollback journal) works on a network filesystem with POSIX locks, for MODEL_DIR shared by hosts
+        if journal_mode not in ("wal", "delete"):
+            raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
+        self._db.execute(f"PRAGMA journal_mode={journal_mode.upper()}")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()

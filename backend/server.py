@@ -59,7 +59,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._building: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self.versions = VersionStore(settings.model_dir)
-        self.log = AnnotationLog(settings.model_dir / "annotations.sqlite3")
+        self.log = AnnotationLog(settings.model_dir / "annotations.sqlite3", settings.annotation_log_journal)
         self.trainer = Trainer(settings, self, self.log, self.versions)
 
     @property

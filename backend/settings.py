@@ -68,6 +68,7 @@ class Settings:
     chroma_host: str | None = None
     chroma_port: int = 8000
     chroma_ssl: bool = False
+    annotation_log_journal: str = "wal"  # "delete" when MODEL_DIR is on a network filesystem shared by hosts
     chroma_auth_token: str | None = dataclasses.field(default=None, repr=False)  # sent as a bearer token
     # training jobs on Redis + RQ (jobs.py); without REDIS_URL training runs in in-process threads
     redis_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
@@ -124,6 +125,10 @@ class Settings:
         queue = (env.get("RQ_QUEUE") or "clip-backend").strip()
         if not queue.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise SettingsError(f"RQ_QUEUE={queue!r} may contain only letters, digits, '-', '_' and '.'")
+        journal = (env.get("ANNOTATION_LOG_JOURNAL") or "wal").strip().lower()
+        if journal not in ("wal", "delete"):
+            raise SettingsError(f"ANNOTATION_LOG_JOURNAL={journal!r} must be wal (one host) or delete "
+                                "(MODEL_DIR on a network filesystem shared by several hosts)")
         from .strategies import STRATEGIES
 
         strategy = (env.get("QUEUE_STRATEGY") or "boundary").lower().replace("-", "_")
@@ -142,6 +147,7 @@ class Settings:
             chroma_host=env.get("CHROMA_HOST") or None,
             chroma_port=_int(env, "CHROMA_PORT", 8000, 1),
             chroma_ssl=_bool(env, "CHROMA_SSL", False),
+            annotation_log_journal=journal,
             chroma_auth_token=env.get("CHROMA_AUTH_TOKEN") or None,
             redis_url=redis_url,
             rq_queue=queue,

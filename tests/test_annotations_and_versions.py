@@ -81,3 +81,17 @@ def test_versions_are_numbered_and_latest_survives_a_crash_mid_write(tmp_path):
     assert [v.number for v in store.all("3")] == [1, 2]
     assert store.find("3", "enc/v1").number == 1 and store.find("3", "2").number == 2
     assert os.path.exists(v1.directory / "meta.json")
+
+
+def test_rollback_journal_for_a_model_dir_shared_by_hosts(tmp_path):
+    # ANNOTATION_LOG_JOURNAL=delete: no WAL (its shared-memory index needs one host); two handles
+    # (two processes on two hosts) see each other's writes through the file alone
+    web, worker = AnnotationLog(tmp_path / "a.sqlite3", "delete"), AnnotationLog(tmp_path / "a.sqlite3", "delete")
+    web.record("1", *_ann(1, 1, "ham"), label_config="<View/>")
+    assert worker.generations("1")[:2] == (1, 0) and len(worker.labeled_tasks("1")) == 1
+    worker.mark_trained("1", 1)
+    assert web.projects_needing_training() == []
+    assert web._db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not (tmp_path / "a.sqlite3-wal").exists()
+    with pytest.raises(ValueError, match="journal_mode"):
+        AnnotationLog(tmp_path / "b.sqlite3", "memory")

@@ -211,3 +211,23 @@ def test_worker_without_redis_url_explains_what_to_set():
     done = subprocess.run([sys.executable, "-m", "backend.worker"], env=env, capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=60)
     assert done.returncode == 2 and "REDIS_URL is not set" in done.stderr
+
+
+def test_watchdog_requeues_only_projects_that_nobody_trains(cluster, tmp_path):
+    from backend.jobs import RedisJobs
+
+    # its own queue on the cluster's Redis, so the running workers leave these jobs alone
+    jobs = RedisJobs(Settings.from_env({**cluster.env, "RQ_QUEUE": "watchdog-test"}))
+    log = AnnotationLog(tmp_path / "annotations.sqlite3")
+    for project in ("1", "2", "3", "4"):
+        log.request_training(project, SMS_CONFIG)
+    log.mark_trained("4", 1)  # nothing to do
+    jobs.redis.set(jobs._key("lock", "1"), "host:1:x", ex=30)  # a live worker trains it
+    jobs.redis.set(jobs._key("failed", "2"), 1)  # failed at this generation: left to RQ's retry and the next event
+    assert jobs.requeue_stalled(log) == ["3"]
+    assert jobs.requeue_stalled(log) == []  # already pending
+    log.request_training("2")  # a new event after the failure
+    jobs.redis.delete(jobs._key("lock", "1"))  # the holder died and its lock expired
+    assert sorted(jobs.requeue_stalled(log)) == ["1", "2"]
+    assert sorted(job.args[0] for job in jobs.queue.jobs) == ["1", "2", "3"]
+    jobs.queue.empty()

@@ -4,7 +4,8 @@ processes (any machine sharing MODEL_DIR) train.
 The durable state stays the AnnotationLog in MODEL_DIR: a job trains until the project's generation is
 trained, with the same loop as the in-process thread (Trainer._loop). Redis only coordinates:
 
-  <queue>:pending:<project>   SET NX by enqueue, so a burst of events queues one job; the job deletes it first
+  <queue>:pending:<project>   SET NX by enqueue, so a burst of events queues one job; deleted by the job that
+                              takes the lock (a job that finds the lock held exits: the holder trains its events)
   <queue>:lock:<project>      one trainer per project; its value names the holder (host:pid:nonce); a short
                               TTL renewed by a heartbeat, so the lock of a worker killed mid-run expires soon
   <queue>:failed:<project>    the generation whose run failed: the watchdog leaves it to the next event
@@ -141,13 +142,16 @@ class RedisJobs:
     # -- worker side -------------------------------------------------------------------------
     def run(self, project: str, trainer) -> str:
         """Body of a job: under the project's lock, train until every recorded generation is trained."""
-        self.redis.delete(self._key("pending", project))  # events from now on queue a new job
+        pending = self._key("pending", project)
         lock = self.redis.lock(self._key("lock", project), timeout=self.ttl, thread_local=False)
         holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        # A killed holder's lock expires within ttl; a live holder re-reads the generation before it stops,
-        # so after this wait our events are trained on by it.
-        if not lock.acquire(blocking=True, blocking_timeout=self.ttl + 5, token=holder):
+        if not lock.acquire(blocking=False, token=holder):
+            # The holder re-reads the generation before it stops and once more after it lets go (below), so
+            # it trains our events; no worker waits idle. The marker stays (no job per event meanwhile) but
+            # lapses soon in case the holder is dead: then the watchdog queues the project again.
+            self.redis.expire(pending, int(self.ttl) + 1)
             return f"project {project}: another worker is training it"
+        self.redis.delete(pending)  # events from now on queue a new job
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(lock, stop), name=f"lock-{project}", daemon=True)
         beat.start()
@@ -161,6 +165,11 @@ class RedisJobs:
                 lock.release()
             except redis.exceptions.LockError:
                 pass  # expired (worker stalled past the TTL); nothing to release
+        # Events recorded after the loop's last look found the lock held or the marker set: queue them now.
+        self.redis.delete(pending)
+        generation, trained, _ = trainer.log.generations(project)
+        if ok and generation > trained:
+            self.enqueue(project)
         with self.redis.pipeline() as pipe:
             pipe.hincrby(self._key("runs"), project, trainer.runs[project] - runs)
             if ok:

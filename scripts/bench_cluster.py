@@ -99,7 +99,7 @@ def _serving(url: str, project: str, web_workers: int, probe: dict) -> dict[int,
         requests.post(url + "/predict", json=probe, timeout=60)  # builds the model where it is not yet
         process = requests.get(url + "/metrics", timeout=10).json()["process"]
         seen[process["pid"]] = process["serving"].get(project)
-        return len(seen) >= web_workers
+        return len(seen) >= web_workers and None not in seen.values()
 
     _wait(all_seen, timeout=120, step=0.02, what=f"{web_workers} web workers to answer")
     return seen

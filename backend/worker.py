@@ -22,14 +22,25 @@ def main() -> int:
               "(e.g. REDIS_URL=redis://localhost:6379/0, the same as the web app's)", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import redis
     from rq import Queue, SimpleWorker
 
     from .jobs import worker_registry
 
     registry = worker_registry(settings)
     connection = registry.trainer.jobs.redis
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        print(f"cannot reach Redis at REDIS_URL: {exc}", file=sys.stderr)
+        return 1
     worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
-    logging.getLogger(__name__).info("training worker %s on queue %r: %s", worker.name, settings.rq_queue, settings)
+    log = logging.getLogger(__name__)
+    log.info("training worker %s on queue %r: %s", worker.name, settings.rq_queue, settings)
+    if not settings.chroma_host:
+        log.warning("no CHROMA_HOST: this worker opens the embedded store under %s; only safe when no other "
+                    "process writes it at the same time (set CHROMA_HOST to share a Chroma server)",
+                    settings.resolved_chroma_path)
     # the scheduler runs retries that wait (RQ Retry intervals); one worker at a time holds it
     worker.work(with_scheduler=True, logging_level=settings.log_level)
     return 0

@@ -230,3 +230,27 @@ def test_watchdog_requeues_only_projects_that_nobody_trains(cluster, tmp_path):
     assert sorted(jobs.requeue_stalled(log)) == ["1", "2"]
     assert sorted(job.args[0] for job in jobs.queue.jobs) == ["1", "2", "3"]
     jobs.queue.empty()
+
+
+def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_retry(cluster, tmp_path):
+    from backend.jobs import TrainingFailed
+    from backend.server import ModelRegistry
+
+    settings = Settings.from_env({**cluster.env, "RQ_QUEUE": "failure-test", "MODEL_DIR": str(tmp_path)})
+    registry = ModelRegistry(settings)
+    jobs, trainer = registry.trainer.jobs, registry.trainer
+    registry.log.request_training("7")  # no labeling config known: the run cannot train
+
+    jobs.redis.set(jobs._key("pending", "7"), 1, ex=600)
+    jobs.redis.set(jobs._key("lock", "7"), "other-host:1:x", ex=30)
+    assert "another worker" in jobs.run("7", trainer)  # returns at once, no worker left waiting
+    assert 0 < jobs.redis.ttl(jobs._key("pending", "7")) <= settings.training_lock_ttl_s + 1  # lapses with the lock
+
+    jobs.redis.delete(jobs._key("lock", "7"))
+    with pytest.raises(TrainingFailed):  # RQ retries it
+        jobs.run("7", trainer)
+    status = jobs.status()
+    assert status["failures"] == {"7": 1} and "label_config" in status["last_error"]["7"]
+    assert status["locks"] == {} and not jobs.redis.exists(jobs._key("pending", "7"))
+    assert jobs.requeue_stalled(registry.log) == []  # the watchdog leaves a failed generation alone
+    jobs.queue.empty()

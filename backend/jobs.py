@@ -9,13 +9,14 @@ trained, with the same loop as the in-process thread (Trainer._loop). Redis only
   <queue>:lock:<project>      one trainer per project; its value names the holder (host:pid:nonce); a short
                               TTL renewed by a heartbeat, so the lock of a worker killed mid-run expires soon
   <queue>:failed:<project>    the generation whose run failed: the watchdog leaves it to the next event
-  <queue>:runs, :failures, :last_error   hashes for /metrics (all workers together)
+  <queue>:runs, :failures, :last_error, :last_ranking   hashes for /metrics (all workers together)
 
 The web app's watchdog re-queues projects with untrained generations, a free lock and no pending job:
 that is how a run lost with its worker (kill -9, a machine gone) is redone.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -135,7 +136,8 @@ class RedisJobs:
                     "workers": Worker.count(queue=self.queue), "locks": locks,
                     "runs": {k: int(v) for k, v in decoded("runs").items()},
                     "failures": {k: int(v) for k, v in decoded("failures").items()},
-                    "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0}
+                    "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0,
+                    "last_ranking": {k: json.loads(v) for k, v in decoded("last_ranking").items()}}
         except redis.RedisError as exc:
             return {"mode": "rq", "queue": self.queue.name, "error": f"Redis unreachable: {exc}"}
 
@@ -172,6 +174,8 @@ class RedisJobs:
             self.enqueue(project)
         with self.redis.pipeline() as pipe:
             pipe.hincrby(self._key("runs"), project, trainer.runs[project] - runs)
+            if project in trainer.last_ranking:  # the queue re-ranking happened here, in the worker
+                pipe.hset(self._key("last_ranking"), project, json.dumps(trainer.last_ranking[project]))
             if ok:
                 pipe.delete(self._key("failed", project))
             else:

@@ -247,9 +247,11 @@ def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_ret
     assert 0 < jobs.redis.ttl(jobs._key("pending", "7")) <= settings.training_lock_ttl_s + 1  # lapses with the lock
 
     jobs.redis.delete(jobs._key("lock", "7"))
+    trainer.last_ranking["7"] = {"model_version": "v1", "ranked": 3}  # a queue re-ranking this worker did
     with pytest.raises(TrainingFailed):  # RQ retries it
         jobs.run("7", trainer)
     status = jobs.status()
+    assert status["last_ranking"] == {"7": {"model_version": "v1", "ranked": 3}}  # visible from every web worker
     assert status["failures"] == {"7": 1} and "label_config" in status["last_error"]["7"]
     assert status["locks"] == {} and not jobs.redis.exists(jobs._key("pending", "7"))
     assert jobs.requeue_stalled(registry.log) == []  # the watchdog leaves a failed generation alone

@@ -282,6 +282,73 @@ def typicality(embeddings: np.ndarray, n_neighbors: int = 10, block: int = 2048)
     return out
 
 
+def sampled_density(embeddings: np.ndarray, n_neighbors: int = 10, reference: int = 2000, rng=None) -> np.ndarray:
+    """Typicality against a random reference sample of at most ``reference`` items: the mean cosine
+    of each item to its n_neighbors nearest reference items (itself excluded). O(n * reference),
+    so it stays cheap for large collections; equals ``typicality`` when n <= reference."""
+    E = np.asarray(embeddings, dtype=np.float32)
+    n = len(E)
+    if n <= reference:
+        return typicality(E, n_neighbors)
+    ref = np.sort(_rng(rng).choice(n, reference, replace=False))
+    k = int(min(n_neighbors, reference - 1))
+    out = np.empty(n)
+    for s in range(0, n, 2048):
+        S = E[s:s + 2048] @ E[ref].T
+        S[S > 0.9999] = -np.inf  # the item itself (or an exact duplicate)
+        out[s:s + len(S)] = np.partition(S, reference - k, axis=1)[:, reference - k:].mean(axis=1)
+    return out
+
+
+def _percentile(x: np.ndarray) -> np.ndarray:
+    """Rank of each value in [0, 1] (0 = smallest)."""
+    x = np.asarray(x)
+    if len(x) < 2:
+        return np.ones(len(x))
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r / (len(x) - 1)
+
+
+def explore_picks(embeddings: np.ndarray, k: int, density: np.ndarray, labeled_embeddings=None,
+                  coverage_weight: float = 1.0, predicted=None, labeled_y=None) -> list[int]:
+    """Up to k typical items far from what is labeled (greedy): each pick maximizes
+    z(density) + coverage_weight * z(1 - largest cosine to a labeled or already picked item).
+    With ``predicted`` (the head's class per item) and ``labeled_y``, coverage is class-conditional:
+    an item is covered only by labeled / picked items of its predicted class, so every predicted
+    class gets its typical, not yet represented modes labeled."""
+    E = np.asarray(embeddings, dtype=np.float32)
+    if k <= 0 or not len(E):
+        return []
+    zt = _zscore(density)
+    near = np.full(len(E), -1.0)
+    dup = np.full(len(E), -1.0)  # largest cosine to anything labeled / picked, any class
+    cond = predicted is not None and labeled_y is not None
+    pred = None if predicted is None else np.asarray(predicted)
+    if labeled_embeddings is not None and len(labeled_embeddings):
+        L = np.asarray(labeled_embeddings, np.float32)
+        S = E @ L.T
+        dup = S.max(axis=1).astype(np.float64)
+        if cond:
+            same = pred[:, None] == np.asarray(labeled_y).astype(int)[None, :]
+            near = np.where(same, S, -1.0).max(axis=1).astype(np.float64)
+        else:
+            near = dup.copy()
+    picks: list[int] = []
+    for _ in range(int(min(k, len(E)))):
+        s = zt + coverage_weight * _zscore(1.0 - near)
+        s[picks] = -np.inf
+        s[dup > DUPLICATE_COSINE] = -np.inf
+        if not np.isfinite(s).any():
+            break
+        b = int(np.argmax(s))
+        picks.append(b)
+        sims = (E @ E[b]).astype(np.float64)
+        dup = np.maximum(dup, sims)
+        near = np.maximum(near, np.where(pred == pred[b], sims, -1.0) if cond else sims)
+    return picks
+
+
 def _zscore(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     sd = x.std()
@@ -545,6 +612,18 @@ class BoundaryRetrieval(QueryStrategy):
        slots over the boundary instead of one tight spot), never a near-duplicate (cosine > 0.95
        to a picked or labeled item); the batch is ordered by margin.
 
+    Two opt-in variants for tiny budgets, both off by default because neither held up on all four
+    benchmark datasets (docs/active_learning.md): density weighting helped AG News and CIFAR-10
+    but cost banking77 two batches; exploration helped none of them clearly.
+
+    - ``explore`` > 0: that share of the batch (decreasing linearly to 0 at ``explore_until``
+      labels per class) goes to typical items far from everything labeled (``explore_picks``;
+      with ``class_coverage`` coverage counts only labeled items of the item's predicted class).
+    - ``density_weight`` > 0: an item's margin is increased by density_weight * (1 - its density
+      percentile), density = mean cosine to its 10 nearest items in a reference sample of
+      ``density_reference`` items (``sampled_density``), so at equal uncertainty the typical item
+      is labeled before the outlier (information density, Settles & Craven 2008).
+
     ``rank`` runs this on in-memory arrays (below ``exhaustive_max`` items a pair's candidates are
     simply all items whose two top classes are that pair: the exact answer that steps 2-3
     approximate); ``query`` runs it on any VectorIndex and returns ids.
@@ -556,7 +635,9 @@ class BoundaryRetrieval(QueryStrategy):
     def __init__(self, overfetch: int = 10, min_candidates: int = 50, shortlist_factor: int = 3,
                  queries_per_pair: int = 3, direction: str = "crossing", pair_sample: int = 4000,
                  dup_threshold: float = DUPLICATE_COSINE, diversity: float = 0.5,
-                 exhaustive_max: int = 50_000, pair_power: float = 1.0):
+                 exhaustive_max: int = 50_000, pair_power: float = 1.0, explore: float = 0.0,
+                 explore_until: float = 10.0, coverage_weight: float = 1.0, density_weight: float = 0.0,
+                 density_reference: int = 2000, class_coverage: bool = True):
         if direction not in ("crossing", "bisector"):
             raise ValueError("direction must be 'crossing' or 'bisector'")
         self.overfetch = overfetch
@@ -569,6 +650,12 @@ class BoundaryRetrieval(QueryStrategy):
         self.diversity = diversity
         self.exhaustive_max = exhaustive_max
         self.pair_power = pair_power
+        self.explore = explore
+        self.explore_until = explore_until
+        self.coverage_weight = coverage_weight
+        self.density_weight = density_weight
+        self.density_reference = density_reference
+        self.class_coverage = class_coverage
 
     def uncertainty(self, proba, embeddings=None, **context):
         return 1.0 - top2_margin(proba)
@@ -686,9 +773,49 @@ class BoundaryRetrieval(QueryStrategy):
             raise ValueError("BoundaryRetrieval needs the embeddings of the unlabeled items")
         E = np.asarray(embeddings, np.float32)
         gen = _rng(rng)
+        n_labeled = 0 if labeled_embeddings is None else len(labeled_embeddings)
+        share = self.explore_share(n_labeled, p.shape[1])
+        k_explore = int(round(share * k))
+        density = None
+        if k_explore or self.density_weight:
+            density = sampled_density(E, reference=self.density_reference, rng=gen)
+        if k_explore:
+            cond = self.class_coverage and labeled_y is not None and n_labeled > 0
+            first = explore_picks(E, k_explore, density, labeled_embeddings, self.coverage_weight,
+                                  predicted=p.argmax(axis=1) if cond else None,
+                                  labeled_y=labeled_y if cond else None)
+            rest = np.setdiff1d(np.arange(n), first)
+            seen = E[first] if labeled_embeddings is None or not n_labeled \
+                else np.vstack([np.asarray(labeled_embeddings, np.float32), E[first]])
+            more = self._boundary(p[rest], E[rest], k - len(first), head, seen, labeled_y, prototypes, gen,
+                                  None if density is None else density[rest], labeled_embeddings)
+            return np.concatenate([np.asarray(first, np.int64), rest[more]]).astype(np.int64)
+        return self._boundary(p, E, k, head, labeled_embeddings, labeled_y, prototypes, gen, density,
+                              labeled_embeddings)
+
+    def explore_share(self, n_labeled: int, n_classes: int) -> float:
+        """Share of the batch spent on exploration (typical, uncovered items): ``explore`` at the
+        first labels, decreasing linearly to 0 at ``explore_until`` labels per class."""
+        if self.explore <= 0 or self.explore_until <= 0:
+            return 0.0
+        return float(self.explore * max(0.0, 1.0 - n_labeled / (self.explore_until * max(n_classes, 1))))
+
+    def _boundary(self, p, E, k, head, labeled_embeddings, labeled_y, prototypes, gen, density,
+                  anchor_embeddings):
+        """The boundary part of ``rank``. ``labeled_embeddings``: items to stay away from (labeled
+        plus this batch's exploration picks); ``anchor_embeddings``: the labeled items only (they
+        go with ``labeled_y``)."""
+        n = len(p)
+        if k <= 0 or n == 0:
+            return np.zeros(0, dtype=np.int64)
         sample = p if n <= self.pair_sample else p[gen.choice(n, self.pair_sample, replace=False)]
         pairs = self._pairs(sample, k)
         margins = top2_margin(p)
+        if density is not None and self.density_weight:
+            # an item in the sparsest part of the collection counts as if its margin were
+            # density_weight larger: at equal uncertainty, label the typical item, not the outlier
+            margins = margins + self.density_weight * (1.0 - _percentile(density))
+        labeled_y_anchor = labeled_y
         if n <= self.exhaustive_max:
             K = p.shape[1]
             top2 = np.argsort(-p, axis=1, kind="stable")[:, :2]
@@ -698,14 +825,14 @@ class BoundaryRetrieval(QueryStrategy):
                 idx = np.flatnonzero(code == pair.i * K + pair.j)
                 return idx.tolist(), E[idx], margins[idx]
         else:
-            anchors = class_anchors(p.shape[1], head, labeled_embeddings, labeled_y, prototypes)
+            anchors = class_anchors(p.shape[1], head, anchor_embeddings, labeled_y_anchor, prototypes)
             index = NumpyIndex(E)
             seen: set = set()
 
             def candidates_for(pair):
                 return self._retrieve(pair, anchors, lambda q, m: index.search(q, m),
                                       lambda ks, V: margins[np.asarray(ks, dtype=np.int64)], head,
-                                      labeled_embeddings, labeled_y, seen)
+                                      anchor_embeddings, labeled_y_anchor, seen)
         keys = self._select(pairs, candidates_for, k, labeled_embeddings)
         picked = np.asarray(keys, dtype=np.int64)
         if len(picked) < k:  # too few candidates (tiny pools): fall back to global margin

@@ -401,8 +401,11 @@ def bench_dataset(spec: Spec, args) -> dict:
             if name == "modal_margin":
                 curves.append(run_modal(d, grid, seed, timings))
             else:
-                strat = {"random": RandomSampling, "least_confidence": LeastConfidence, "margin": Margin,
-                         "entropy": Entropy, "boundary": BoundaryRetrieval}[name]()
+                if name == "boundary":
+                    strat = BoundaryRetrieval(**args.boundary_kwargs)
+                else:
+                    strat = {"random": RandomSampling, "least_confidence": LeastConfidence, "margin": Margin,
+                             "entropy": Entropy}[name]()
                 curves.append(run_ours(d, strat, grid, seed, timings))
         A = np.asarray(curves)
         mean = A.mean(axis=0)
@@ -499,6 +502,9 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), choices=list(STRATEGY_NAMES))
     ap.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
+    ap.add_argument("--boundary-kwargs", type=json.loads, default={},
+                    help='JSON keyword arguments for BoundaryRetrieval, e.g. \'{"density_weight": 0.1}\' '
+                         "(default: the product defaults)")
     args = ap.parse_args(argv)
     if args.seeds is None:
         args.seeds = 2 if args.quick else 3
@@ -516,6 +522,7 @@ def main(argv=None) -> int:
         threadpool_limits(1)
     t0 = time.perf_counter()
     results = {"config": {"quick": args.quick, "seeds": args.seeds, "head": f"LogisticHead(C={C:g})",
+                          "boundary_kwargs": args.boundary_kwargs,
                           "data": str(DATA), "cache": str(args.cache)}, "datasets": {}}
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # libraries print to stdout (efficientnet's loader); keep it for the JSON

@@ -164,6 +164,36 @@ def test_boundary_retrieval_with_a_where_filter(tmp_path):
     assert len(got) == 8 and not {int(g) for g in got} & labeled
 
 
+def test_boundary_opt_in_exploration_and_density_weighting():
+    from backend.strategies import explore_picks, sampled_density
+
+    X, blob, centers = blobs(k=5, per=60, seed=2)
+    # exploration: typical items of the blobs that no labeled item covers yet
+    lab = np.concatenate([np.flatnonzero(blob == c)[:3] for c in range(3)])
+    unl = np.setdiff1d(np.arange(len(X)), lab)
+    dens = sampled_density(X[unl])
+    picks = explore_picks(X[unl], 2, dens, X[lab])
+    assert sorted(blob[unl[picks]].tolist()) == [3, 4]
+    assert np.allclose(sampled_density(X, reference=len(X)), sampled_density(X, reference=10_000))
+    assert sampled_density(X, reference=100, rng=0).shape == (len(X),)
+    # the exploration share decays to zero at explore_until labels per class: then the batch is
+    # exactly the default boundary batch (and the defaults explore nothing)
+    X2, y2, lab2, unl2, head = _boundary_setup(seed=1)  # 6 labels per class
+    proba = head.predict_proba(X2[unl2])
+    ctx = dict(head=head, labeled_embeddings=X2[lab2], labeled_y=y2[lab2], rng=0)
+    strat = BoundaryRetrieval(explore=0.5, explore_until=12)
+    assert strat.explore_share(len(lab2), 4) == pytest.approx(0.25)
+    assert BoundaryRetrieval().explore_share(0, 4) == 0.0
+    assert BoundaryRetrieval(explore=0.5, explore_until=6).rank(proba, X2[unl2], 8, **ctx).tolist() == \
+        BoundaryRetrieval().rank(proba, X2[unl2], 8, **ctx).tolist()
+    mixed = strat.rank(proba, X2[unl2], 8, **ctx)
+    assert len(set(mixed.tolist())) == 8
+    # density weighting: still a boundary batch of distinct items, far below the pool's median margin
+    dense = BoundaryRetrieval(density_weight=0.1).rank(proba, X2[unl2], 8, **ctx)
+    assert len(set(dense.tolist())) == 8
+    assert np.median(top2_margin(proba[dense])) < np.median(top2_margin(proba)) / 2
+
+
 def test_get_strategy_and_random_is_seeded():
     assert get_strategy("margin").name == "margin"
     with pytest.raises(ValueError):

@@ -179,7 +179,7 @@ class ClipClassifier:
         inferred = self.infer(tasks, progress=progress)
         saved = saved_priorities(self.settings.model_dir, self.project_id, self.model_version)
         unranked = [t for t in tasks if _task_id(t) not in saved]
-        batch = queue_priorities(self, tasks, inferred, [], self.settings.queue_strategy,
+        batch = queue_priorities(self, tasks, inferred, None, self.settings.queue_strategy,
                                  self.settings.queue_batch) if len(unranked) > 1 else {}
         return self.to_predictions(tasks, inferred, {**batch, **saved})
 

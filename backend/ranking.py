@@ -32,11 +32,12 @@ UNLABELED_FILTER = {"conjunction": "and", "items": [
 
 
 # -- priorities -----------------------------------------------------------------------------------
-def queue_priorities(model, tasks: list[dict], inferred: dict, labeled: list[dict], strategy: str = "boundary",
-                     batch: int = 50, seed: int = 0) -> dict[int, float]:
+def queue_priorities(model, tasks: list[dict], inferred: dict, labeled: dict | None = None,
+                     strategy: str = "boundary", batch: int = 50, seed: int = 0) -> dict[int, float]:
     """{task id: priority in [0, 1]} for the tasks (model.infer(tasks) gives ``inferred``); lower =
-    label first. ``labeled`` are annotated tasks ({"id", "data", "labels": {from_name: [choice]}}):
-    the strategies avoid their near-duplicates and use them as class anchors."""
+    label first. ``labeled`` maps from_name -> (embeddings, class index) of the annotated items, as
+    the training run embedded them: the strategies use them as class anchors and avoid their
+    near-duplicates."""
     priorities: dict[int, float] = {}
     for inference in inferred.values():
         target = inference.target
@@ -46,7 +47,7 @@ def queue_priorities(model, tasks: list[dict], inferred: dict, labeled: list[dic
             # strategies expect single-choice rows: rank by the head's own certainty
             per_item = np.clip([inference.head.score(row) for row in inference.proba], 0.0, 1.0)
         else:
-            labeled_E, labeled_y = _labeled_embeddings(model, target, labeled)
+            labeled_E, labeled_y = (labeled or {}).get(target.from_name, (None, None))
             per_item = chooser.priority(
                 inference.proba, inference.embeddings, k=min(batch, len(inference.indices)),
                 head=inference.head if trained else None, labeled_embeddings=labeled_E, labeled_y=labeled_y,
@@ -60,24 +61,6 @@ def queue_priorities(model, tasks: list[dict], inferred: dict, labeled: list[dic
 
 def strategy_name(model, strategy: str) -> str:
     return strategy if model.trained else ColdStart.name
-
-
-def _labeled_embeddings(model, target, labeled: list[dict]):
-    if not labeled:
-        return None, None
-    position = {out: i for i, out in enumerate(target.outputs)}
-    tasks, y = [], []
-    for task in labeled:
-        chosen = [position[c] for c in (task.get("labels") or {}).get(target.from_name, []) if c in position]
-        if chosen:
-            tasks.append(task)
-            y.append(chosen[0])
-    if not tasks:
-        return None, None
-    indices, embeddings = model.embed(target, tasks)
-    if not indices:
-        return None, None
-    return np.stack(embeddings), np.array([y[i] for i in indices])
 
 
 # -- saved rankings -------------------------------------------------------------------------------
@@ -135,7 +118,7 @@ def saved_priorities(model_dir: Path, project: str, model_version: str) -> dict[
 
 
 # -- publishing to Label Studio -------------------------------------------------------------------
-def publish_ranking(api, project: str, model, unlabeled: list[dict], labeled: list[dict], settings) -> dict:
+def publish_ranking(api, project: str, model, unlabeled: list[dict], labeled: dict, settings) -> dict:
     """Rank the unlabeled tasks, push them as predictions of the serving version, make Label
     Studio order the queue by them. Returns a summary."""
     started = time.perf_counter()

@@ -149,6 +149,7 @@ class Trainer:
         model.load()
         rows = self.log.labeled_tasks(project)
         heads, reports = {}, {}
+        labeled = {}  # from_name -> (embeddings, first class index) of the labeled items, for re-ranking
         for target in model.config.targets:
             position = {out: i for i, out in enumerate(target.outputs)}
             tasks, targets = [], []
@@ -160,16 +161,19 @@ class Trainer:
             indices, embeddings = model.embed(target, tasks)
             if not indices:
                 continue
+            E = np.stack(embeddings)
+            first = np.array([targets[i][0] for i in indices], dtype=np.int64)
+            labeled[target.from_name] = (E, first)
             if target.multiple:
                 y = np.zeros((len(indices), len(target.labels)), dtype=np.int64)
                 for row_index, i in enumerate(indices):
                     y[row_index, targets[i]] = 1
             else:
-                y = np.array([targets[i][0] for i in indices], dtype=np.int64)
+                y = first
             zero_shot = model.zero_shot_head(target)
             history = [r for v in self.versions.all(project) if (r := _target_report(v, target.from_name))]
             head, report = train_and_select(
-                np.stack(embeddings), y, [tasks[i]["id"] for i in indices], zero_shot.prototypes,
+                E, y, [tasks[i]["id"] for i in indices], zero_shot.prototypes,
                 zero_shot.logit_scale, target.outputs, target.multiple, history=history,
                 version=model.version_name(self.versions.next_number(project)),
             )
@@ -178,7 +182,7 @@ class Trainer:
         if not heads:
             logger.info("project %s: no usable labels yet; zero-shot keeps serving", project)
             if api is not None and ranked_version(self.settings.model_dir, project) != model.model_version:
-                self._publish(api, project, model, unlabeled or [], rows)  # cold start: zero-shot + typicality
+                self._publish(api, project, model, unlabeled or [], labeled)  # cold start: zero-shot + typicality
             return None
 
         primary = next(iter(reports))
@@ -200,13 +204,12 @@ class Trainer:
         logger.info("project %s: trained %s on %d labeled tasks in %.1fs", project, version.name, len(rows),
                     time.perf_counter() - started)
         if api is not None:
-            self._publish(api, project, model, unlabeled or [], rows)
+            self._publish(api, project, model, unlabeled or [], labeled)
         return version
 
-    def _publish(self, api: LabelStudioAPI, project: str, model, unlabeled: list[dict], rows) -> None:
+    def _publish(self, api: LabelStudioAPI, project: str, model, unlabeled: list[dict], labeled: dict) -> None:
         """Re-rank the queue with the serving version: predictions for every unlabeled task with
         score = queue priority, pushed to Label Studio, project switched to the version (ranking.py)."""
-        labeled = [{"id": r.task_id, "data": r.data, "labels": r.labels} for r in rows]
         try:
             self.last_ranking[project] = publish_ranking(api, project, model, unlabeled, labeled, self.settings)
         except Exception as exc:

@@ -71,8 +71,10 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
     inferred = model.infer(unlabeled)
     (inference,) = inferred.values()
     margins = top2_margin(inference.proba)
-    labeled_rows = [{"id": t["id"], "data": t["data"], "labels": {"label": [t["truth"]]}} for t in labeled]
-    priorities = queue_priorities(model, unlabeled, inferred, labeled_rows, "boundary", BATCH)
+    (known,) = model.infer(labeled).values()  # what the training run embedded
+    classes = [known.target.outputs.index(labeled[i]["truth"]) for i in known.indices]
+    priorities = queue_priorities(model, unlabeled, inferred, {"label": (known.embeddings, np.array(classes))},
+                                  "boundary", BATCH)
     p = np.array([priorities[t["id"]] for t in unlabeled])
     batch = p < 0.5
     assert batch.sum() == BATCH

@@ -13,10 +13,14 @@ class LabelStudioAPI:
 
         self.client = LabelStudio(base_url=url, api_key=api_key, timeout=60)
 
+    def _all_tasks(self, project: int):
+        """Every task of the project with its annotations and predictions (paged by the SDK)."""
+        return self.client.tasks.list(project=int(project), fields="all", page_size=500)
+
     def tasks(self, project: int) -> tuple[list[tuple[dict, dict]], list[dict]]:
         """(labeled, unlabeled): labeled = (latest live annotation, task) pairs; unlabeled = tasks."""
         labeled, unlabeled = [], []
-        for task in self.client.tasks.list(project=int(project), fields="all", page_size=500):
+        for task in self._all_tasks(project):
             task_dict = {"id": task.id, "data": task.data}
             live = [a for a in (task.annotations or []) if not a.get("was_cancelled")]
             if live:
@@ -37,7 +41,7 @@ class LabelStudioAPI:
     def tasks_predicted_by(self, project: int, model_version: str) -> set[int]:
         """Ids of the project's tasks that have a prediction of this model version."""
         found = set()
-        for task in self.client.tasks.list(project=int(project), fields="all", page_size=500):
+        for task in self._all_tasks(project):
             for p in task.predictions or []:
                 version = p.get("model_version") if isinstance(p, dict) else getattr(p, "model_version", None)
                 if version == model_version:

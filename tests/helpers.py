@@ -26,6 +26,19 @@ def backend_env(tmp_path, **overrides) -> dict:
     return env
 
 
+def wait_until(predicate, timeout: float = 120, step: float = 0.2, what: str = "condition"):
+    """Poll predicate() until it returns something truthy, and return that; fail after timeout seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def label_config(name: str) -> str:
     return (LABEL_CONFIG_DIR / name).read_text()
 

@@ -14,9 +14,9 @@ from backend.annotations import AnnotationLog
 from backend.encoders import encoder_id
 from backend.settings import Settings, SettingsError
 from backend.store import collection_name, make_client
-from tests.helpers import REPO_ROOT, BackendProcess, backend_env
+from tests.helpers import REPO_ROOT, BackendProcess, backend_env, wait_until
 from tests.ls_server import free_port
-from tests.test_crash_recovery import SMS_CONFIG, _event, _reports, _wait
+from tests.test_crash_recovery import SMS_CONFIG, _event, _reports
 
 
 def _start(cmd, log_path, env=None) -> subprocess.Popen:
@@ -60,7 +60,7 @@ class Cluster:
             reports = _reports(self.url, project)
             return trained == generation and reports and reports[-1]["labels"] == labels and reports[-1]
 
-        return _wait(done, timeout=timeout)
+        return wait_until(done, timeout=timeout)
 
     def metrics(self) -> dict:
         return requests.get(self.url + "/metrics", timeout=10).json()
@@ -77,7 +77,7 @@ class Cluster:
             seen[process["pid"]] = process["serving"].get(project)
             return len(seen) >= 2 and all(v == version for v in seen.values())
 
-        _wait(both, timeout=timeout, step=0.05)
+        wait_until(both, timeout=timeout, step=0.05)
         return set(seen)
 
 
@@ -91,11 +91,11 @@ def cluster(tmp_path_factory):
                      "--host", "127.0.0.1", "--port", str(chroma_port)], tmp / "chroma.log")]
     cluster = Cluster(tmp, redis_port, chroma_port)
     try:
-        _wait(lambda: _up(f"http://127.0.0.1:{chroma_port}/api/v2/heartbeat"), timeout=60)
+        wait_until(lambda: _up(f"http://127.0.0.1:{chroma_port}/api/v2/heartbeat"), timeout=60)
         for _ in range(2):
             cluster.start_worker()
         cluster.web.start()
-        _wait(lambda: cluster.metrics()["training"].get("workers") == 2, timeout=60)
+        wait_until(lambda: cluster.metrics()["training"].get("workers") == 2, timeout=60)
         yield cluster
     finally:
         cluster.web.kill()
@@ -129,7 +129,7 @@ def test_web_workers_share_one_store_on_the_chroma_server(cluster, sms_messages)
             per_pid[m["process"]["pid"]] = m["counters"]
         return len([c for c in per_pid.values() if c.get("predict_requests")]) >= 2
 
-    _wait(both_answered, timeout=120, step=0)
+    wait_until(both_answered, timeout=120, step=0)
     computed = sum(c.get("embeddings_computed", 0) for c in per_pid.values())
     assert computed == 80  # embedded once in the whole cluster; the other worker read them from Chroma
     assert all(c["embeddings_cached"] + c["embeddings_computed"] == 80 * c["predict_requests"]
@@ -157,7 +157,7 @@ def test_no_annotation_lost_when_a_worker_is_killed_mid_job(cluster, sms_message
     sender = threading.Thread(target=_send, args=(cluster.url, 33, sms_messages[:total]))
     sender.start()
     # a worker holds the project's training lock while annotations keep arriving
-    holder = _wait(lambda: cluster.metrics()["training"]["locks"].get("33"), timeout=60, step=0.02)
+    holder = wait_until(lambda: cluster.metrics()["training"]["locks"].get("33"), timeout=60, step=0.02)
     pid = int(holder.split(":")[1])
     victim = next(w for w in cluster.workers if w.pid == pid)
     generation, trained, _ = log.generations("33")

@@ -9,7 +9,7 @@ import requests
 
 from backend.settings import Settings
 from backend.store import EmbeddingStore
-from tests.helpers import BackendProcess, backend_env, label_config
+from tests.helpers import BackendProcess, backend_env, label_config, wait_until
 from tests.ls_server import free_port
 
 SMS_CONFIG = label_config("sms_spam.xml")
@@ -26,16 +26,6 @@ def _reports(url, project):
     return requests.get(f"{url}/reports?project={project}", timeout=5).json()["reports"]
 
 
-def _wait(predicate, timeout=120, step=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("timed out")
-
-
 @pytest.fixture
 def server(tmp_path):
     backend = BackendProcess(backend_env(tmp_path), tmp_path / "backend.log", free_port()).start()
@@ -46,20 +36,20 @@ def server(tmp_path):
 def test_kill_during_training_keeps_last_good_model_and_trains_everything_after_restart(server, sms_messages):
     for i, (label, text) in enumerate(sms_messages[:60]):
         assert requests.post(server.url + "/webhook", json=_event(77, i, label, text), timeout=5).status_code == 201
-    first = _wait(lambda: [r for r in _reports(server.url, 77) if r["labels"] == 60])[-1]
+    first = wait_until(lambda: [r for r in _reports(server.url, 77) if r["labels"] == 60])[-1]
 
     for i, (label, text) in enumerate(sms_messages[60:200], start=60):
         assert requests.post(server.url + "/webhook", json=_event(77, i, label, text), timeout=5).status_code == 201
-    _wait(lambda: requests.get(server.url + "/metrics", timeout=5).json()["training"]["busy"], timeout=10, step=0.02)
+    wait_until(lambda: requests.get(server.url + "/metrics", timeout=5).json()["training"]["busy"], timeout=10, step=0.02)
     server.kill(signal.SIGKILL)  # mid-training
 
     server.start()
     probe = {"tasks": [{"id": 99999, "data": {"text": "hello"}}], "project": "77", "label_config": SMS_CONFIG}
     serving = requests.post(server.url + "/predict", json=probe, timeout=30).json()["results"][0]["model_version"]
     assert serving in [r["version"] for r in _reports(server.url, 77)]  # a complete version, never a torn one
-    latest = _wait(lambda: [r for r in _reports(server.url, 77) if r["labels"] == 200])[-1]
+    latest = wait_until(lambda: [r for r in _reports(server.url, 77) if r["labels"] == 200])[-1]
     assert latest["number"] > first["number"]
-    _wait(lambda: requests.post(server.url + "/predict", json=probe, timeout=30).json()["results"][0]["model_version"]
+    wait_until(lambda: requests.post(server.url + "/predict", json=probe, timeout=30).json()["results"][0]["model_version"]
           == latest["version"])
     old = requests.get(f"{server.url}/reports/{first['number']}?project=77&format=json", timeout=5).json()
     assert old["version"] == first["version"]  # older versions stay readable

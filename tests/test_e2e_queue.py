@@ -1,25 +1,14 @@
 """Boundary-first queue in a real Label Studio: the backend ranks the queue at cold start and after
 every training run, and Label Studio's labeling stream serves the lowest-score task next."""
-import time
 
 import pytest
 import requests
 
-from tests.helpers import label_config
+from tests.helpers import label_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
 VIEW = "Boundary first"
-
-
-def _wait(predicate, timeout=180, step=0.5, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _queue(ls, project_id):
@@ -44,7 +33,7 @@ def _ranked(ls, project_id, version_prefix, exclude_version=None):
         if version.startswith(version_prefix) and version != exclude_version and len(scores) == len(unlabeled):
             return version, scores, tasks
         return None
-    return _wait(ready, what=f"a ranked queue of {version_prefix}*")
+    return wait_until(ready, timeout=180, step=0.5, what=f"a ranked queue of {version_prefix}*")
 
 
 def _next_task(ls, project_id):
@@ -84,7 +73,8 @@ def test_label_studio_serves_the_lowest_score_task_first_at_cold_start_and_after
         ls.create_annotation(task["id"], _choice(tasks[task["id"]]["data"]["truth"]))
     version, scores, tasks = _ranked(ls, project_id, "st-", exclude_version=zero_shot)
     assert "/v" in version and len(scores) == 60 - 16
-    _wait(lambda: not requests.get(backend + "/metrics", timeout=5).json()["training"]["busy"], what="idle training")
+    wait_until(lambda: not requests.get(backend + "/metrics", timeout=5).json()["training"]["busy"], timeout=180,
+               step=0.5, what="idle training")
     version, scores, tasks = _queue(ls, project_id)  # the newest version after coalesced runs
     first = min(scores, key=scores.get)
     assert _next_task(ls, project_id)["id"] == first

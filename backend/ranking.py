@@ -134,15 +134,15 @@ def publish_ranking(api, project: str, model, unlabeled: list[dict], labeled: di
     strategy = strategy_name(model, settings.queue_strategy)
     save_ranking(settings.model_dir, project, version, strategy,
                  {t: p for t, p in priorities.items() if t in pushed})
-    api.push_predictions(int(project), rows)
-    # uncertainty sampling and the score column only look at predictions of the project's model_version
-    api.set_model_version(int(project), version)
-    changes = {}
+    changes = {}  # the project is set up first, so a project showing our version is fully set up
     if settings.queue_view:
         changes["view"] = api.ensure_view(int(project), settings.queue_view, ["tasks:predictions_score"],
                                           UNLABELED_FILTER)
     if settings.uncertainty_sampling:
         changes["sampling"] = _switch_sampling_once(api, project, settings.model_dir)
+    api.push_predictions(int(project), rows)
+    # uncertainty sampling and the score column only look at predictions of the project's model_version
+    api.set_model_version(int(project), version)
     summary = {"model_version": version, "strategy": strategy, "ranked": len(rows), "skipped": len(already),
                "seconds": round(time.perf_counter() - started, 3), **changes}
     logger.info("project %s: queue re-ranked: %s", project, summary)

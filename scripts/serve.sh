@@ -9,4 +9,4 @@ exec "$VENV/bin/gunicorn" \
   --threads "${THREADS:-8}" \
   --timeout "${GUNICORN_TIMEOUT:-300}" \
   --access-logfile - \
-  "backend.server:create_app()"
+  "backend.web:create_app()"

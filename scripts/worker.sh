@@ -4,4 +4,4 @@
 # on any machine that shares MODEL_DIR. Creates .venv on first run.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" -m backend.worker
+exec "$VENV/bin/python" -m backend.runtime.worker

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings
+from backend.config import Settings
 from tests.helpers import DATA_DIR, BackendProcess, backend_env
 from tests.ls_server import LabelStudioServer, ensure_label_studio_venv, free_port
 

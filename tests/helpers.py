@@ -2,6 +2,8 @@
 import os
 from pathlib import Path
 
+from backend.runtime.services import encoder_spec, fetcher_kwargs, store_kwargs  # noqa: F401 (tests import them from here)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 LABEL_CONFIG_DIR = REPO_ROOT / "label_config"
@@ -86,3 +88,28 @@ class BackendProcess:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+
+
+def wait_for_training(app, project: str, timeout: float = 300) -> bool:
+    """Block until the app's training of the project is idle; True if every recorded change is trained on."""
+    import time
+
+    runtime = app.extensions["runtime"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not runtime.scheduler.busy(project):  # idle: either all trained, or the last run failed
+            generation, trained, _ = runtime.services.log.generations(project)
+            return trained >= generation
+        time.sleep(0.1)
+    return False
+
+
+def choose_labels(proba_row, multiple: bool, relative_threshold: float = 0.5) -> list[int]:
+    """Reference zero-shot rule on a softmax row: the top label, plus (multi-choice) any within relative_threshold of it."""
+    import numpy as np
+
+    top = int(np.argmax(proba_row))
+    if not multiple:
+        return [top]
+    cutoff = proba_row[top] * relative_threshold
+    return [int(i) for i in np.argsort(-proba_row, kind="stable") if proba_row[i] >= cutoff]

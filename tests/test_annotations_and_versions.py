@@ -4,14 +4,20 @@ import pickle
 
 import pytest
 
-from backend.annotations import AnnotationLog, choices_from_result
-from backend.versions import VersionStore
+from backend.labelstudio.protocol import annotation_fields, choices_from_result
+from backend.state.annotations import AnnotationLog, AnnotationRecord
+from backend.state.versions import VersionStore
 
 
 def _ann(aid, task, choice, cancelled=False, from_name="label"):
     return ({"id": aid, "task": task, "was_cancelled": cancelled,
              "result": [{"from_name": from_name, "to_name": "text", "type": "choices", "value": {"choices": [choice]}}]},
             {"id": task, "data": {"text": f"task {task}"}})
+
+
+def _rec(*args, **kwargs):
+    """The record the log keeps of _ann's Label Studio (annotation, task) pair."""
+    return AnnotationRecord(*annotation_fields(*_ann(*args, **kwargs)))
 
 
 def test_choices_from_result_ignores_other_region_types():
@@ -24,14 +30,14 @@ def test_choices_from_result_ignores_other_region_types():
 
 def test_latest_live_annotation_per_task_wins(tmp_path):
     log = AnnotationLog(tmp_path / "a.sqlite3")
-    log.record("1", *_ann(10, 100, "ham"))
-    log.record("1", *_ann(11, 100, "spam"))  # a second annotator, later: latest wins
-    log.record("1", *_ann(12, 101, "ham"))
-    log.record("1", *_ann(13, 102, "spam", cancelled=True))  # skipped tasks are not labels
-    log.record("2", *_ann(14, 100, "ham"))  # another project
+    log.record("1", _rec(10, 100, "ham"))
+    log.record("1", _rec(11, 100, "spam"))  # a second annotator, later: latest wins
+    log.record("1", _rec(12, 101, "ham"))
+    log.record("1", _rec(13, 102, "spam", cancelled=True))  # skipped tasks are not labels
+    log.record("2", _rec(14, 100, "ham"))  # another project
     tasks = {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")}
     assert tasks == {100: ["spam"], 101: ["ham"]}
-    log.record("1", *_ann(12, 101, "spam"))  # ANNOTATION_UPDATED replaces
+    log.record("1", _rec(12, 101, "spam"))  # ANNOTATION_UPDATED replaces
     log.delete("1", [11])  # ANNOTATIONS_DELETED: the earlier annotation of task 100 is live again
     assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {100: ["ham"], 101: ["spam"]}
 
@@ -39,7 +45,7 @@ def test_latest_live_annotation_per_task_wins(tmp_path):
 def test_generations_count_every_change_and_survive_reopen(tmp_path):
     log = AnnotationLog(tmp_path / "a.sqlite3")
     for i in range(5):
-        log.record("7", *_ann(i, i, "ham"), label_config="<View/>")
+        log.record("7", _rec(i, i, "ham"), label_config="<View/>")
     generation, trained, config = log.generations("7")
     assert (generation, trained, config) == (5, 0, "<View/>")
     log.mark_trained("7", 3)
@@ -52,9 +58,9 @@ def test_generations_count_every_change_and_survive_reopen(tmp_path):
 
 def test_replace_all_reconciles_with_label_studio(tmp_path):
     log = AnnotationLog(tmp_path / "a.sqlite3")
-    log.record("1", *_ann(1, 1, "ham"))
-    log.record("1", *_ann(2, 2, "ham"))
-    log.replace_all("1", [_ann(2, 2, "spam"), _ann(3, 3, "ham")])  # 1 was deleted in LS, 2 changed
+    log.record("1", _rec(1, 1, "ham"))
+    log.record("1", _rec(2, 2, "ham"))
+    log.replace_all("1", [_rec(2, 2, "spam"), _rec(3, 3, "ham")])  # 1 was deleted in LS, 2 changed
     assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {2: ["spam"], 3: ["ham"]}
 
 
@@ -87,7 +93,7 @@ def test_rollback_journal_for_a_model_dir_shared_by_hosts(tmp_path):
     # ANNOTATION_LOG_JOURNAL=delete: no WAL (its shared-memory index needs one host); two handles
     # (two processes on two hosts) see each other's writes through the file alone
     web, worker = AnnotationLog(tmp_path / "a.sqlite3", "delete"), AnnotationLog(tmp_path / "a.sqlite3", "delete")
-    web.record("1", *_ann(1, 1, "ham"), label_config="<View/>")
+    web.record("1", _rec(1, 1, "ham"), label_config="<View/>")
     assert worker.generations("1")[:2] == (1, 0) and len(worker.labeled_tasks("1")) == 1
     worker.mark_trained("1", 1)
     assert web.projects_needing_training() == []

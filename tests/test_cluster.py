@@ -10,11 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from backend.annotations import AnnotationLog
-from backend.encoders import encoder_id
-from backend.settings import Settings, SettingsError
-from backend.store import collection_name, make_client
-from tests.helpers import REPO_ROOT, BackendProcess, backend_env, wait_until
+from backend.runtime.redis_jobs import TrainingFailed
+from backend.state.annotations import AnnotationLog
+from backend.runtime.services import Services
+from backend.runtime.training import make_scheduler
+from backend.embed.encoders import encoder_id
+from backend.embed.store import collection_name, open_store
+from backend.config import Settings, SettingsError
+from tests.helpers import REPO_ROOT, BackendProcess, backend_env, encoder_spec, store_kwargs, wait_until
 from tests.ls_server import free_port
 from tests.test_crash_recovery import SMS_CONFIG, _event, _reports
 
@@ -63,10 +66,10 @@ class Cluster:
         return wait_until(done, timeout=timeout)
 
     def metrics(self) -> dict:
-        return requests.get(self.url + "/metrics", timeout=10).json()
+        return requests.get(self.url + "/status", timeout=10).json()
 
     def serving_everywhere(self, project: str, version: str, timeout=60) -> set:
-        """Predict and read /metrics (new connections: either gunicorn worker answers) until 2 pids serve it."""
+        """Predict and read /status (new connections: either gunicorn worker answers) until 2 pids serve it."""
         seen: dict[int, str] = {}
         probe = {"tasks": [{"id": 99999, "data": {"text": "WINNER! claim your prize"}}], "project": project,
                  "label_config": SMS_CONFIG}
@@ -135,7 +138,8 @@ def test_web_workers_share_one_store_on_the_chroma_server(cluster, sms_messages)
     assert all(c["embeddings_cached"] + c["embeddings_computed"] == 80 * c["predict_requests"]
                for c in per_pid.values() if c.get("predict_requests"))
     settings = Settings.from_env(cluster.env)
-    collection = make_client(settings).get_collection(collection_name("31", encoder_id("text", settings)))
+    name = collection_name("31", encoder_id("text", encoder_spec(settings)))
+    collection = open_store(**store_kwargs(settings)).client.get_collection(name)
     assert collection.count() == 80  # each task once
 
 
@@ -199,7 +203,7 @@ def test_chroma_auth_token_is_sent_as_a_bearer_token():
         settings = Settings.from_env({"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(server.server_port),
                                       "CHROMA_AUTH_TOKEN": "tok-42"})
         with pytest.raises(Exception):
-            make_client(settings).heartbeat()
+            open_store(**store_kwargs(settings)).client.heartbeat()
     finally:
         server.shutdown()
     assert seen and all(h == "Bearer tok-42" for h in seen)
@@ -207,52 +211,49 @@ def test_chroma_auth_token_is_sent_as_a_bearer_token():
 
 def test_worker_without_redis_url_explains_what_to_set():
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    done = subprocess.run([sys.executable, "-m", "backend.worker"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "backend.runtime.worker"], env=env, capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=60)
     assert done.returncode == 2 and "REDIS_URL is not set" in done.stderr
 
 
 def test_watchdog_requeues_only_projects_that_nobody_trains(cluster, tmp_path):
-    from backend.jobs import RedisJobs
 
     # its own queue on the cluster's Redis, so the running workers leave these jobs alone
-    jobs = RedisJobs(Settings.from_env({**cluster.env, "RQ_QUEUE": "watchdog-test"}))
-    log = AnnotationLog(tmp_path / "annotations.sqlite3")
+    jobs = make_scheduler(Services(Settings.from_env({**cluster.env, "RQ_QUEUE": "watchdog-test",
+                                                     "MODEL_DIR": str(tmp_path)})))
+    log = jobs.loop.services.log
     for project in ("1", "2", "3", "4"):
         log.request_training(project, SMS_CONFIG)
     log.mark_trained("4", 1)  # nothing to do
-    jobs.redis.set(jobs._key("lock", "1"), "host:1:x", ex=30)  # a live worker trains it
-    jobs.redis.set(jobs._key("failed", "2"), 1)  # failed at this generation: left to RQ's retry and the next event
-    assert jobs.requeue_stalled(log) == ["3"]
-    assert jobs.requeue_stalled(log) == []  # already pending
+    jobs.redis.set(jobs.key("lock", "1"), "host:1:x", ex=30)  # a live worker trains it
+    jobs.redis.set(jobs.key("failed", "2"), 1)  # failed at this generation: left to RQ's retry and the next event
+    assert jobs.requeue_stalled() == ["3"]
+    assert jobs.requeue_stalled() == []  # already pending
     log.request_training("2")  # a new event after the failure
-    jobs.redis.delete(jobs._key("lock", "1"))  # the holder died and its lock expired
-    assert sorted(jobs.requeue_stalled(log)) == ["1", "2"]
+    jobs.redis.delete(jobs.key("lock", "1"))  # the holder died and its lock expired
+    assert sorted(jobs.requeue_stalled()) == ["1", "2"]
     assert sorted(job.args[0] for job in jobs.queue.jobs) == ["1", "2", "3"]
     jobs.queue.empty()
 
 
 def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_retry(cluster, tmp_path):
-    from backend.jobs import TrainingFailed
-    from backend.server import ModelRegistry
 
     settings = Settings.from_env({**cluster.env, "RQ_QUEUE": "failure-test", "MODEL_DIR": str(tmp_path)})
-    registry = ModelRegistry(settings)
-    jobs, trainer = registry.trainer.jobs, registry.trainer
-    registry.log.request_training("7")  # no labeling config known: the run cannot train
+    jobs = make_scheduler(Services(settings))
+    jobs.loop.services.log.request_training("7")  # no labeling config known: the run cannot train
 
-    jobs.redis.set(jobs._key("pending", "7"), 1, ex=600)
-    jobs.redis.set(jobs._key("lock", "7"), "other-host:1:x", ex=30)
-    assert "another worker" in jobs.run("7", trainer)  # returns at once, no worker left waiting
-    assert 0 < jobs.redis.ttl(jobs._key("pending", "7")) <= settings.training_lock_ttl_s + 1  # lapses with the lock
+    jobs.redis.set(jobs.key("pending", "7"), 1, ex=600)
+    jobs.redis.set(jobs.key("lock", "7"), "other-host:1:x", ex=30)
+    assert "another worker" in jobs.run_job("7")  # returns at once, no worker left waiting
+    assert 0 < jobs.redis.ttl(jobs.key("pending", "7")) <= settings.training_lock_ttl_s + 1  # lapses with the lock
 
-    jobs.redis.delete(jobs._key("lock", "7"))
-    trainer.last_ranking["7"] = {"model_version": "v1", "ranked": 3}  # a queue re-ranking this worker did
+    jobs.redis.delete(jobs.key("lock", "7"))
+    jobs.loop.last_ranking["7"] = {"model_version": "v1", "ranked": 3}  # a queue re-ranking this worker did
     with pytest.raises(TrainingFailed):  # RQ retries it
-        jobs.run("7", trainer)
+        jobs.run_job("7")
     status = jobs.status()
     assert status["last_ranking"] == {"7": {"model_version": "v1", "ranked": 3}}  # visible from every web worker
     assert status["failures"] == {"7": 1} and "label_config" in status["last_error"]["7"]
-    assert status["locks"] == {} and not jobs.redis.exists(jobs._key("pending", "7"))
-    assert jobs.requeue_stalled(registry.log) == []  # the watchdog leaves a failed generation alone
+    assert status["locks"] == {} and not jobs.redis.exists(jobs.key("pending", "7"))
+    assert jobs.requeue_stalled() == []  # the watchdog leaves a failed generation alone
     jobs.queue.empty()

@@ -7,9 +7,10 @@ import time
 import pytest
 import requests
 
-from backend.settings import Settings
-from backend.store import EmbeddingStore
-from tests.helpers import BackendProcess, backend_env, label_config, wait_until
+from backend.config import Settings
+from backend.embed.encoders import encoder_id
+from backend.embed.store import open_store
+from tests.helpers import BackendProcess, backend_env, encoder_spec, label_config, store_kwargs, wait_until
 from tests.ls_server import free_port
 
 SMS_CONFIG = label_config("sms_spam.xml")
@@ -40,7 +41,7 @@ def test_kill_during_training_keeps_last_good_model_and_trains_everything_after_
 
     for i, (label, text) in enumerate(sms_messages[60:200], start=60):
         assert requests.post(server.url + "/webhook", json=_event(77, i, label, text), timeout=5).status_code == 201
-    wait_until(lambda: requests.get(server.url + "/metrics", timeout=5).json()["training"]["busy"], timeout=10, step=0.02)
+    wait_until(lambda: requests.get(server.url + "/status", timeout=5).json()["training"]["busy"], timeout=10, step=0.02)
     server.kill(signal.SIGKILL)  # mid-training
 
     server.start()
@@ -73,15 +74,14 @@ def test_kill_during_embedding_writes_leaves_a_consistent_store(server, tmp_path
     server.start()
     results = requests.post(server.url + "/predict", json=body, timeout=300).json()["results"]
     assert all(results) and len(results) == 400
-    first = requests.get(server.url + "/metrics", timeout=5).json()["counters"]
+    first = requests.get(server.url + "/status", timeout=5).json()["counters"]
     assert first["embeddings_cached"] + first["embeddings_computed"] == 400
     print(f"\n[crash] after kill -9: {first['embeddings_cached']} embeddings survived, "
           f"{first['embeddings_computed']} recomputed")
     requests.post(server.url + "/predict", json=body, timeout=120)
-    again = requests.get(server.url + "/metrics", timeout=5).json()["counters"]
+    again = requests.get(server.url + "/status", timeout=5).json()["counters"]
     assert again["embeddings_computed"] == first["embeddings_computed"]  # nothing missing any more
     server.kill()
-    store = EmbeddingStore.from_settings(Settings.from_env(backend_env(tmp_path)))
-    from backend.encoders import encoder_id
-
-    assert store.count("88", encoder_id("text", Settings.from_env(backend_env(tmp_path)))) == 400  # no duplicates
+    settings = Settings.from_env(backend_env(tmp_path))
+    store = open_store(**store_kwargs(settings))
+    assert store.count("88", encoder_id("text", encoder_spec(settings))) == 400  # no duplicates

@@ -149,7 +149,7 @@ def test_services_are_wired_by_name(config):
 
 def test_backend_settings_accept_the_compose_environment(config):
     """The values compose passes (empty strings for unset options included) are valid settings."""
-    from backend.settings import Settings
+    from backend.config import Settings
 
     for role in BACKEND_ROLES:
         settings = Settings.from_env(environment(config["services"][role]))
@@ -175,13 +175,13 @@ def test_label_studio_may_call_an_in_network_backend(config):
 
 def test_worker_runs_the_rq_worker_and_scales(config):
     worker = config["services"]["worker"]
-    assert as_argv(worker["command"]) == ["python", "-m", "backend.worker"]
+    assert as_argv(worker["command"]) == ["python", "-m", "backend.runtime.worker"]
     assert (ROOT / "backend" / "worker.py").is_file(), "the worker command names backend/worker.py"
     assert "if __name__ == \"__main__\":" in (ROOT / "backend" / "worker.py").read_text()
     # --scale worker=N needs no fixed name and no host port
     assert "container_name" not in worker and not worker.get("ports")
     # its healthcheck is its own (the image's probes the web server's /health)
-    assert "backend.worker" not in str(worker["healthcheck"]) and "rq" in str(worker["healthcheck"]["test"])
+    assert "backend.runtime.worker" not in str(worker["healthcheck"]) and "rq" in str(worker["healthcheck"]["test"])
 
 
 def test_every_service_has_a_healthcheck_and_waits_for_healthy_dependencies(config):
@@ -229,7 +229,7 @@ def test_gpu_override(gpu_config):
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
         assert volume_mounts(service)["/data/models"] == "models"
     assert services["backend"]["image"] == services["worker"]["image"] != "clip-backend:latest"
-    assert as_argv(services["worker"]["command"]) == ["python", "-m", "backend.worker"]
+    assert as_argv(services["worker"]["command"]) == ["python", "-m", "backend.runtime.worker"]
 
 
 def test_compose_v2_accepts_the_same_files(empty_env):
@@ -271,7 +271,7 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 def test_dockerfile_serves_what_the_repo_has(dockerfile):
     cmd = one(dockerfile, "CMD")
     # the web server's gunicorn target exists: backend/server.py defines create_app at top level
-    assert '"backend.server:create_app()"' in cmd and "gunicorn" in cmd
+    assert '"backend.web:create_app()"' in cmd and "gunicorn" in cmd
     tree = ast.parse((ROOT / "backend" / "server.py").read_text())
     assert "create_app" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     # the same flags as scripts/serve.sh

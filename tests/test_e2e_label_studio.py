@@ -23,7 +23,7 @@ def wait_for_cold_start_ranking(backend_url, project_id, timeout=180):
     "Retrieve predictions" and the ranking do not race in the assertions."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        training = requests.get(backend_url + "/metrics", timeout=5).json()["training"]
+        training = requests.get(backend_url + "/status", timeout=5).json()["training"]
         if str(project_id) in training["last_ranking"] and not training["busy"]:
             return training["last_ranking"][str(project_id)]
         time.sleep(0.5)
@@ -75,7 +75,7 @@ def test_image_project_gets_a_valid_prediction_on_every_task(label_studio, backe
         assert len(region["value"]["choices"]) == 1 and region["value"]["choices"][0] in outputs
 
     # the embeddings are in the store: asking again embeds nothing
-    stats = requests.get(backend + "/metrics", timeout=5).json()["counters"]
+    stats = requests.get(backend + "/status", timeout=5).json()["counters"]
     computed = stats["embeddings_computed"]
     tasks_payload = [{"id": t["id"], "data": t["data"]} for t in tasks]
     again = requests.post(backend + "/predict", json={"tasks": tasks_payload, "project": str(project_id),
@@ -84,7 +84,7 @@ def test_image_project_gets_a_valid_prediction_on_every_task(label_studio, backe
         stored = only_prediction(task)
         assert result["result"][0]["value"] == stored["result"][0]["value"]
         assert result["score"] == pytest.approx(stored["score"], abs=1e-5)
-    after = requests.get(backend + "/metrics", timeout=5).json()["counters"]
+    after = requests.get(backend + "/status", timeout=5).json()["counters"]
     assert after["embeddings_computed"] == computed
     assert after["embeddings_cached"] >= 50
 

@@ -16,7 +16,7 @@ def _wait_for_version(backend, project_id, labels, timeout=180):
     """The newest report of the project once it covers `labels` labeled tasks and training is idle."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        metrics = requests.get(backend + "/metrics", timeout=5).json()
+        metrics = requests.get(backend + "/status", timeout=5).json()
         reports = requests.get(backend + f"/reports?project={project_id}", timeout=5).json()["reports"]
         if reports and reports[-1]["labels"] == labels and not metrics["training"]["busy"]:
             return reports[-1]

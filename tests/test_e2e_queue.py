@@ -73,7 +73,7 @@ def test_label_studio_serves_the_lowest_score_task_first_at_cold_start_and_after
         ls.create_annotation(task["id"], _choice(tasks[task["id"]]["data"]["truth"]))
     version, scores, tasks = _ranked(ls, project_id, "st-", exclude_version=zero_shot)
     assert "/v" in version and len(scores) == 60 - 16
-    wait_until(lambda: not requests.get(backend + "/metrics", timeout=5).json()["training"]["busy"], timeout=180,
+    wait_until(lambda: not requests.get(backend + "/status", timeout=5).json()["training"]["busy"], timeout=180,
                step=0.5, what="idle training")
     version, scores, tasks = _queue(ls, project_id)  # the newest version after coalesced runs
     first = min(scores, key=scores.get)

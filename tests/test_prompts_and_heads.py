@@ -1,8 +1,9 @@
 import numpy as np
 
-from backend.heads import ZeroShotHead, choose_labels
-from backend.label_config import ChoiceLabel
-from backend.prompts import label_prompts, label_prototypes
+from backend.learn.heads import ZeroShotHead
+from backend.labelstudio.labelconfig import ChoiceLabel
+from backend.embed.prompts import label_prompts, label_prototypes
+from tests.helpers import choose_labels
 
 
 def test_prompts_fill_templates_with_every_name_and_split_hint():

@@ -3,11 +3,12 @@ and after training, and the saved ranking of a published version. Real MiniLM, S
 import numpy as np
 import pytest
 
-from backend.ranking import queue_priorities, save_ranking
-from backend.server import create_app
-from backend.settings import Settings, SettingsError
-from backend.strategies import top2_margin
-from tests.helpers import backend_env, label_config
+from backend.flows.predict import priorities as queue_priorities
+from backend.state.rankings import save_ranking
+from backend.web import create_app
+from backend.config import Settings, SettingsError
+from backend.queue.measures import top2_margin
+from tests.helpers import backend_env, label_config, wait_for_training
 
 SMS_CONFIG = label_config("sms_spam.xml")
 BATCH = 8
@@ -40,7 +41,7 @@ def test_a_batch_is_ranked_cold_start_batch_first_and_diverse(app, sms_tasks):
     assert (scores < 0.5).sum() == BATCH  # the strategy's batch comes first, in query order
     assert all(0.5 <= r["result"][0]["score"] <= 1.0 for r in results)  # regions keep their confidence
 
-    model = app.extensions["registry"].get("21", SMS_CONFIG)
+    model = app.extensions["runtime"].services.model("21", SMS_CONFIG)
     first = [t for t, s in zip(sms_tasks[:40] + sms_tasks[60:100], scores) if s < 0.5]
     (inference,) = model.infer(first).values()
     similarity = inference.embeddings @ inference.embeddings.T
@@ -53,7 +54,7 @@ def test_a_lone_task_gets_its_confidence(app, sms_tasks):
 
 
 def test_after_training_the_boundary_comes_first(app, sms_tasks):
-    registry = app.extensions["registry"]
+    services = app.extensions["runtime"].services
     client = app.test_client()
     labeled = sms_tasks[:15] + sms_tasks[60:75]
     for i, task in enumerate(labeled):
@@ -62,8 +63,8 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
             "task": {"id": task["id"], "data": task["data"]},
             "annotation": {"id": 900 + i, "task": task["id"], "result": [
                 {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [task["truth"]]}}]}})
-    assert registry.trainer.wait("23", timeout=300)
-    model = registry.get("23", SMS_CONFIG)
+    assert wait_for_training(app, "23", timeout=300)
+    model = services.model("23", SMS_CONFIG)
     model.refresh()
     assert model.trained
 
@@ -73,8 +74,8 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
     margins = top2_margin(inference.proba)
     (known,) = model.infer(labeled).values()  # what the training run embedded
     classes = [known.target.outputs.index(labeled[i]["truth"]) for i in known.indices]
-    priorities = queue_priorities(model, unlabeled, inferred, {"label": (known.embeddings, np.array(classes))},
-                                  "boundary", BATCH)
+    priorities = queue_priorities(model, unlabeled, inferred, "boundary", BATCH,
+                                  labeled={"label": (known.embeddings, np.array(classes))})
     p = np.array([priorities[t["id"]] for t in unlabeled])
     batch = p < 0.5
     assert batch.sum() == BATCH
@@ -87,11 +88,11 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
 
 def test_predict_serves_the_saved_ranking_of_its_version_only(app, sms_tasks, tmp_path):
     client = app.test_client()
-    registry = app.extensions["registry"]
-    model = registry.get("24", SMS_CONFIG)
-    save_ranking(registry.settings.model_dir, "24", model.model_version, "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    services = app.extensions["runtime"].services
+    model = services.model("24", SMS_CONFIG)
+    save_ranking(services.settings.model_dir, "24", model.model_version, "cold_start", {sms_tasks[0]["id"]: 0.0123})
     assert _predict(client, "24", sms_tasks[:1])[0]["score"] == pytest.approx(0.0123)
-    save_ranking(registry.settings.model_dir, "24", "another-version", "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    save_ranking(services.settings.model_dir, "24", "another-version", "cold_start", {sms_tasks[0]["id"]: 0.0123})
     (result,) = _predict(client, "24", sms_tasks[:1])
     assert result["score"] == result["result"][0]["score"]
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from backend.server import create_app
-from backend.settings import Settings
-from tests.helpers import backend_env, label_config
+from backend.web import create_app
+from backend.config import Settings
+from tests.helpers import backend_env, label_config, wait_for_training
 
 SMS_CONFIG = label_config("sms_spam.xml")
 IMAGE_CONFIG = label_config("image_classification.xml")
@@ -50,7 +50,7 @@ def client(tmp_path_factory):
     env = backend_env(tmp_path_factory.mktemp("fuzz"), FETCH_TIMEOUT=0.5)
     app = create_app(Settings.from_env(env))
     yield app.test_client()
-    app.extensions["registry"].trainer.wait("1", timeout=60)
+    wait_for_training(app, "1", timeout=60)
 
 
 def _check(resp):
@@ -127,10 +127,10 @@ def test_secrets_never_logged_even_at_debug(tmp_path, caplog, capfd):
     assert resp.status_code == 200 and resp.get_json()["results"] == [[]]  # 404 from "Label Studio": skipped
     assert seen_auth and seen_auth[-1] == f"Token {SECRETS[0]}"  # the key was used...
     client.post("/setup", json={"project": "9", "schema": "<bad"}, headers={"Authorization": "Basic " + base64.b64encode(f"ls:{SECRETS[1]}x".encode()).decode()})
-    app.extensions["registry"].trainer.wait("9", timeout=30)
+    wait_for_training(app, "9", timeout=30)
     server.shutdown()
     out, err = capfd.readouterr()
-    text = caplog.text + out + err + repr(app.extensions["registry"].settings)
+    text = caplog.text + out + err + repr(app.extensions["runtime"].services.settings)
     assert "DEBUG" in caplog.text or caplog.records  # debug logging really was on
     for secret in SECRETS:  # ...but never written anywhere
         assert secret not in text

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import requests
 
-import backend.model as model_module
-from backend.server import create_app
-from backend.settings import Settings
+import backend.embed.store as store_module
+from backend.flows.search import query_embedding, search_target
+from backend.web import create_app
+from backend.config import Settings
 from tests.helpers import DATA_DIR, REPO_ROOT, backend_env, label_config
 
 SMS_CONFIG = label_config("sms_spam.xml")
@@ -77,9 +78,9 @@ def test_text_query_finds_spam_and_leaves_out_labeled_tasks(client, sms_project)
     assert spam_at_20 >= MIN_SPAM_AT_20
 
     # the cosine similarity is the real one: MiniLM embeds the query like an item
-    model = client.application.extensions["registry"].get("21", SMS_CONFIG)
-    target = model.search_target()
-    query = model.query_embedding(SPAM_QUERY, target)
+    model = client.application.extensions["runtime"].services.model("21", SMS_CONFIG)
+    target = search_target(model)
+    query = query_embedding(model, SPAM_QUERY, target)
     best = sms_project["tasks"][results[0]["task"]]
     item = model.embed(target, [best])[1][0]
     assert results[0]["score"] == pytest.approx(float(item @ query), abs=1e-4)
@@ -94,12 +95,12 @@ def test_text_query_finds_spam_and_leaves_out_labeled_tasks(client, sms_project)
     assert sum(truth[r["task"]] == "spam" for r in again["results"]) >= MIN_SPAM_AT_20
 
     # the same exclusion when there are too many labeled tasks for a Chroma filter (over-fetch path)
-    old = model_module._MAX_NIN
-    model_module._MAX_NIN = 1
+    old = store_module.MAX_NIN
+    store_module.MAX_NIN = 1
     try:
         fetched = _search(client, query=SPAM_QUERY, k=20, project="21")
     finally:
-        model_module._MAX_NIN = old
+        store_module.MAX_NIN = old
     assert [r["task"] for r in fetched["results"]] == [r["task"] for r in again["results"]]
 
     # k is respected; a ham-like query finds ham
@@ -111,7 +112,7 @@ def test_text_query_finds_spam_and_leaves_out_labeled_tasks(client, sms_project)
 def test_empty_collection_gives_no_results_and_says_how_to_embed(client):
     found = _search(client, query="free prize", k=5, project="22", label_config=SMS_CONFIG)
     assert found["results"] == [] and found["embedded"] == 0
-    assert "Retrieve predictions" in found["hint"] and "scripts/embed_project.py" in found["hint"]
+    assert "Retrieve predictions" in found["hint"] and "clip-backend-embed" in found["hint"]
 
 
 @pytest.mark.parametrize("body, message", [
@@ -153,11 +154,11 @@ def test_image_search_uses_clip_text_tower_on_stored_image_embeddings(client, ci
 
     # random weights say nothing about quality, but the ranking must be exact cosine similarity
     # between the prompt-ensembled text query and the stored image embeddings
-    registry = client.application.extensions["registry"]
-    model = registry.get("23", IMAGE_CONFIG)
-    stored = registry.store.collection("23", found["encoder"]).get(include=["embeddings", "metadatas"])
+    services = client.application.extensions["runtime"].services
+    model = services.model("23", IMAGE_CONFIG)
+    stored = services.store.collection("23", found["encoder"]).get(include=["embeddings", "metadatas"])
     ids = np.array([m["task_id"] for m in stored["metadatas"]])
-    sims = np.asarray(stored["embeddings"], np.float32) @ model.query_embedding("horse", model.search_target("image"))
+    sims = np.asarray(stored["embeddings"], np.float32) @ query_embedding(model, "horse", search_target(model, "image"))
     best = np.argsort(-sims)[:5]
     assert [r["task"] for r in results] == ids[best].tolist()
     np.testing.assert_allclose(scores, sims[best], atol=1e-4)

@@ -3,8 +3,8 @@ import base64
 
 import pytest
 
-from backend.server import create_app
-from backend.settings import Settings
+from backend.web import create_app
+from backend.config import Settings
 from tests.helpers import DATA_DIR, backend_env, label_config
 
 IMAGE_CONFIG = label_config("image_classification.xml")
@@ -111,7 +111,7 @@ def test_webhook_acknowledges_training_events_and_ignores_others(client):
 
 
 def test_metrics_count_tasks_and_failures(client):
-    counters = client.get("/metrics").json["counters"]
+    counters = client.get("/status").json["counters"]
     assert counters["tasks"] >= counters["predictions"] > 0 and counters["tasks_failed"] >= 3
 
 

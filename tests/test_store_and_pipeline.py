@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from backend.encoders import get_encoder
-from backend.fetch import Fetcher
-from backend.pipeline import Item, embed_items
-from backend.settings import Settings
-from backend.store import EmbeddingStore, StoredItem, collection_name
-from tests.helpers import DATA_DIR, backend_env
+from backend.embed.encoders import get_encoder
+from backend.embed.fetch import Fetcher
+from backend.embed.pipeline import Item, embed_items
+from backend.embed.store import StoredItem, collection_name, open_store
+from backend.config import Settings
+from tests.helpers import DATA_DIR, backend_env, encoder_spec, fetcher_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def clip_settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_encoder(clip_settings):
-    return get_encoder("image", clip_settings)
+    return get_encoder("image", encoder_spec(clip_settings))
 
 
 def _items(paths, start_id=1):
@@ -25,8 +25,8 @@ def _items(paths, start_id=1):
 
 
 def test_second_pass_reads_everything_from_the_store(tmp_path, clip_settings, image_encoder, cifar_images):
-    store = EmbeddingStore.from_settings(Settings.from_env({"CHROMA_PATH": str(tmp_path / "chroma")}))
-    fetcher = Fetcher(clip_settings)
+    store = open_store(path=tmp_path / "chroma")
+    fetcher = Fetcher(**fetcher_kwargs(clip_settings))
     items = _items(cifar_images["cat"][:12])
     first = embed_items(items, image_encoder, lambda it: fetcher.load_image(it.source), store, "7")
     assert (first.cached, first.computed, first.errors) == (0, 12, {})
@@ -38,7 +38,7 @@ def test_second_pass_reads_everything_from_the_store(tmp_path, clip_settings, im
         assert abs(np.linalg.norm(a) - 1) < 1e-4
 
     # the store survives a restart (a new client on the same path)
-    reopened = EmbeddingStore.from_settings(Settings.from_env({"CHROMA_PATH": str(tmp_path / "chroma")}))
+    reopened = open_store(path=tmp_path / "chroma")
     third = embed_items(items, image_encoder, lambda it: fetcher.load_image(it.source), reopened, "7")
     assert (third.cached, third.computed) == (12, 0)
 
@@ -49,7 +49,7 @@ def test_second_pass_reads_everything_from_the_store(tmp_path, clip_settings, im
 
 
 def test_bad_items_are_skipped_with_a_reason(tmp_path, clip_settings, image_encoder, cifar_images):
-    fetcher = Fetcher(clip_settings)
+    fetcher = Fetcher(**fetcher_kwargs(clip_settings))
     items = _items(cifar_images["cat"][:3]) + [Item(4, "image", "missing/nothing.jpg"),
                                                Item(5, "image", "data:image/png;base64,AAAA")]
     result = embed_items(items, image_encoder, lambda it: fetcher.load_image(it.source), None, "1")
@@ -73,7 +73,7 @@ def test_collection_names_are_valid_for_chroma():
 
 
 def test_store_upsert_replaces_stale_hash(tmp_path):
-    store = EmbeddingStore.from_settings(Settings.from_env({"CHROMA_PATH": str(tmp_path / "c")}))
+    store = open_store(path=tmp_path / "c")
     v = np.ones(4, np.float32) / 2
     store.put_many("1", "enc", [StoredItem(5, "image", "h1", v)])
     assert set(store.get_many("1", "enc", [(5, "image", "h1")])) == {"5:image"}

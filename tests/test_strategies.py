@@ -6,9 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from backend.heads import LogisticHead, ZeroShotHead
-from backend.strategies import (BoundaryRetrieval, ChromaIndex, ColdStart, Entropy, LeastConfidence, Margin,
-                                NumpyIndex, RandomSampling, dedupe, get_strategy, top2_margin)
+from backend.embed.store import CollectionIndex
+from backend.learn.heads import LogisticHead, ZeroShotHead
+from backend.queue import (BoundaryRetrieval, ColdStart, Entropy, LeastConfidence, Margin, NumpyIndex, QueryContext,
+                           RandomSampling, dedupe, get_strategy, top2_margin)
+from bench.strategy_variants import ExploringBoundaryRetrieval, explore_picks, sampled_density
 from tests.helpers import DATA_DIR, REPO_ROOT
 
 
@@ -54,8 +56,8 @@ def test_priorities_in_unit_interval_and_lower_for_uncertain(strategy):
     lab = np.r_[np.flatnonzero(y == 0)[:15], np.flatnonzero(y == 1)[:15]]
     head = LogisticHead(C=30.0, n_classes=2).fit(X[lab], y[lab])
     proba = head.predict_proba(X)
-    extra = dict(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], rng=0)
-    pr = strategy.priority(proba, X, k=10, **extra)
+    ctx = QueryContext(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], rng=0)
+    pr = strategy.priority(proba, X, k=10, context=ctx)
     assert pr.shape == (len(X),)
     assert np.all((pr >= 0) & (pr <= 1))
     if strategy.name in ("random", "cold_start"):
@@ -64,7 +66,7 @@ def test_priorities_in_unit_interval_and_lower_for_uncertain(strategy):
     certain, uncertain = np.argsort(m)[-50:], np.argsort(m)[:50]
     assert pr[uncertain].mean() < pr[certain].mean()
     # the batch that rank() returns comes first in Label Studio's ascending order
-    batch = strategy.rank(proba, X, 10, **extra)
+    batch = strategy.rank(proba, X, 10, ctx)
     assert len(set(batch.tolist())) == 10
     assert set(np.argsort(pr, kind="stable")[:10].tolist()) == set(batch.tolist())
 
@@ -93,21 +95,20 @@ def test_dedupe_and_diverse_rank_skip_near_duplicates():
     assert len({0, 1, 2} & set(diverse.tolist())) == 1
     Xb = np.vstack([X, X[:1]])  # BoundaryRetrieval never returns two near-duplicates either
     pb = np.vstack([proba, proba[:1]])
-    picks = BoundaryRetrieval().rank(pb, Xb, 4, head=None, labeled_embeddings=None, labeled_y=None,
-                                     prototypes=unit(rng.standard_normal((2, 24))))
+    picks = BoundaryRetrieval().rank(pb, Xb, 4, QueryContext(prototypes=unit(rng.standard_normal((2, 24)))))
     S = Xb[picks] @ Xb[picks].T
     assert (S[np.triu_indices(len(picks), 1)] <= 0.95).all()
 
 
 def test_cold_start_covers_separated_clusters():
     X, blob, centers = blobs(k=6, per=50)
-    picks = ColdStart().rank(None, X, 6, rng=0)
+    picks = ColdStart().rank(None, X, 6, QueryContext(rng=0))
     assert sorted(blob[picks].tolist()) == list(range(6))
     # typical items: each pick is close to its blob's centre
     assert min(float(X[i] @ centers[blob[i]]) for i in picks) > 0.8
     # with zero-shot prototypes still one per blob
     zs = ZeroShotHead(centers[:3], 30.0).predict_proba(X)
-    picks = ColdStart().rank(zs, X, 6, prototypes=centers[:3], rng=1)
+    picks = ColdStart().rank(zs, X, 6, QueryContext(prototypes=centers[:3], rng=1))
     assert sorted(blob[picks].tolist()) == list(range(6))
 
 
@@ -129,21 +130,21 @@ def test_boundary_retrieval_via_chroma_matches_exact_scan(tmp_path):
     ids = [f"{i}:text" for i in range(len(X))]
     coll.add(ids=ids, embeddings=X, metadatas=[{"task_id": i, "field": "text", "hash": "h"} for i in range(len(X))])
     strat = BoundaryRetrieval()
-    kw = dict(labeled_embeddings=X[lab], labeled_y=y[lab], labeled_ids=[ids[i] for i in lab], rng=0)
+    known = QueryContext(labeled_embeddings=X[lab], labeled_y=y[lab], labeled_ids=[ids[i] for i in lab], rng=0)
     k = 12
-    via_chroma = strat.query(ChromaIndex(coll), head, k, sample_embeddings=X[unl], **kw)
-    exact = strat.query(NumpyIndex(X, ids), head, k, sample_embeddings=X[unl], **kw)
+    via_chroma = strat.query(CollectionIndex(coll), head, k, X[unl], known)
+    exact = strat.query(NumpyIndex(X, ids), head, k, X[unl], known)
     assert len(via_chroma) == k and len(set(via_chroma)) == k
-    assert not set(via_chroma) & set(kw["labeled_ids"])  # labeled items are never returned
+    assert not set(via_chroma) & set(known.labeled_ids)  # labeled items are never returned
     recall = len(set(via_chroma) & set(exact)) / k
     assert recall >= 0.9
     # the in-memory rank() is the same algorithm on the unlabeled arrays (numpy scan above
     # exhaustive_max; below it every item of a pair is a candidate: the exact answer)
     proba_unl = head.predict_proba(X[unl])
-    ctx = dict(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], rng=0)
-    ranked = BoundaryRetrieval(exhaustive_max=0).rank(proba_unl, X[unl], k, **ctx)
+    ctx = QueryContext(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], rng=0)
+    ranked = BoundaryRetrieval(exhaustive_max=0).rank(proba_unl, X[unl], k, ctx)
     assert len({ids[i] for i in unl[ranked]} & set(exact)) / k >= 0.9
-    exhaustive = strat.rank(proba_unl, X[unl], k, **ctx)
+    exhaustive = strat.rank(proba_unl, X[unl], k, ctx)
     assert top2_margin(proba_unl[exhaustive]).mean() <= top2_margin(proba_unl[ranked]).mean() + 1e-9
     # the batch is near the boundary: far smaller margins than the unlabeled pool's median
     idx = [ids.index(r) for r in via_chroma]
@@ -159,14 +160,12 @@ def test_boundary_retrieval_with_a_where_filter(tmp_path):
     labeled = set(lab.tolist())
     coll.add(ids=[str(i) for i in range(len(X))], embeddings=X,
              metadatas=[{"labeled": i in labeled} for i in range(len(X))])
-    got = BoundaryRetrieval().query(ChromaIndex(coll, where={"labeled": False}), head, 8, sample_embeddings=X[unl],
-                                    labeled_embeddings=X[lab], labeled_y=y[lab])
+    got = BoundaryRetrieval().query(CollectionIndex(coll, where={"labeled": False}), head, 8, X[unl],
+                                    QueryContext(labeled_embeddings=X[lab], labeled_y=y[lab]))
     assert len(got) == 8 and not {int(g) for g in got} & labeled
 
 
 def test_boundary_opt_in_exploration_and_density_weighting():
-    from backend.strategies import explore_picks, sampled_density
-
     X, blob, centers = blobs(k=5, per=60, seed=2)
     # exploration: typical items of the blobs that no labeled item covers yet
     lab = np.concatenate([np.flatnonzero(blob == c)[:3] for c in range(3)])
@@ -180,16 +179,16 @@ def test_boundary_opt_in_exploration_and_density_weighting():
     # exactly the default boundary batch (and the defaults explore nothing)
     X2, y2, lab2, unl2, head = _boundary_setup(seed=1)  # 6 labels per class
     proba = head.predict_proba(X2[unl2])
-    ctx = dict(head=head, labeled_embeddings=X2[lab2], labeled_y=y2[lab2], rng=0)
-    strat = BoundaryRetrieval(explore=0.5, explore_until=12)
+    ctx = QueryContext(head=head, labeled_embeddings=X2[lab2], labeled_y=y2[lab2], rng=0)
+    strat = ExploringBoundaryRetrieval(explore=0.5, explore_until=12)
     assert strat.explore_share(len(lab2), 4) == pytest.approx(0.25)
-    assert BoundaryRetrieval().explore_share(0, 4) == 0.0
-    assert BoundaryRetrieval(explore=0.5, explore_until=6).rank(proba, X2[unl2], 8, **ctx).tolist() == \
-        BoundaryRetrieval().rank(proba, X2[unl2], 8, **ctx).tolist()
-    mixed = strat.rank(proba, X2[unl2], 8, **ctx)
+    assert ExploringBoundaryRetrieval().explore_share(0, 4) == 0.0
+    assert ExploringBoundaryRetrieval(explore=0.5, explore_until=6).rank(proba, X2[unl2], 8, ctx).tolist() == \
+        BoundaryRetrieval().rank(proba, X2[unl2], 8, ctx).tolist()
+    mixed = strat.rank(proba, X2[unl2], 8, ctx)
     assert len(set(mixed.tolist())) == 8
     # density weighting: still a boundary batch of distinct items, far below the pool's median margin
-    dense = BoundaryRetrieval(density_weight=0.1).rank(proba, X2[unl2], 8, **ctx)
+    dense = ExploringBoundaryRetrieval(density_weight=0.1).rank(proba, X2[unl2], 8, ctx)
     assert len(set(dense.tolist())) == 8
     assert np.median(top2_margin(proba[dense])) < np.median(top2_margin(proba)) / 2
 
@@ -199,7 +198,8 @@ def test_get_strategy_and_random_is_seeded():
     with pytest.raises(ValueError):
         get_strategy("nope")
     p = np.full((50, 3), 1 / 3)
-    assert RandomSampling().rank(p, None, 5, rng=1).tolist() == RandomSampling().rank(p, None, 5, rng=1).tolist()
+    assert RandomSampling().rank(p, None, 5, QueryContext(rng=1)).tolist() == \
+        RandomSampling().rank(p, None, 5, QueryContext(rng=1)).tolist()
 
 
 @pytest.mark.skipif(not (DATA_DIR / "sms_spam").is_dir(), reason="shared data not available")
@@ -207,9 +207,8 @@ def test_quick_benchmark_json(tmp_path):
     # embeddings are cached under the benchmark's default cache dir (/tmp/al_cache or $AL_CACHE):
     # the first run embeds ~700 items (~30-60 s on 2 cores), later runs take ~10 s
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench_active_learning.py"), "--quick", "--json",
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=400)
+        [sys.executable, "-m", "bench.active_learning", "--quick", "--json", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=400, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert set(res["datasets"]) == {"banking77", "ag_news", "sms_spam", "cifar10"}

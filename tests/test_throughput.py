@@ -1,6 +1,6 @@
-"""The throughput pipeline's behaviour (no timing here; scripts/bench_throughput.py measures speed):
+"""The throughput pipeline's behaviour (no timing here; python -m bench.throughput measures speed):
 fast preprocessing equals open_clip's, pipeline embeddings equal one-by-one encoding in input order,
-stored items are skipped, interrupted runs keep their work, embed_project.py resumes."""
+stored items are skipped, interrupted runs keep their work, clip-backend-embed resumes."""
 import json
 import random
 import shutil
@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.encoders import get_encoder
-from backend.fetch import Fetcher, decode_image
-from backend.pipeline import Item, embed_items
-from backend.settings import Settings
-from backend.store import EmbeddingStore
-from tests.helpers import DATA_DIR, backend_env
+from backend.embed.encoders import get_encoder
+from backend.embed.fetch import Fetcher, decode_image
+from backend.embed.pipeline import Item, embed_items
+from backend.embed.store import open_store
+from backend.config import Settings
+from tests.helpers import DATA_DIR, backend_env, encoder_spec, fetcher_kwargs, store_kwargs
 
 
 def _photo(path: Path, size: tuple[int, int], seed: int) -> Path:
@@ -52,7 +52,7 @@ def settings(tmp_path_factory, image_root) -> Settings:
 
 @pytest.fixture(scope="module")
 def encoder(settings):
-    return get_encoder("image", settings)
+    return get_encoder("image", encoder_spec(settings))
 
 
 class SmallBatches:
@@ -91,7 +91,7 @@ def test_draft_decoding_keeps_the_short_side_at_least_the_model_input(image_root
 
 
 def test_pipeline_equals_one_by_one_encoding_in_input_order(tmp_path, settings, encoder, image_root):
-    fetcher = Fetcher(settings)
+    fetcher = Fetcher(**fetcher_kwargs(settings))
     paths = sorted(image_root.glob("*.jpg"))
     random.Random(0).shuffle(paths)
     items = [Item(task_id=100 + i, field="image", source=p.name) for i, p in enumerate(paths)]
@@ -103,7 +103,7 @@ def test_pipeline_equals_one_by_one_encoding_in_input_order(tmp_path, settings, 
             time.sleep(0.5)
         return fetcher.load_image(item.source)
 
-    store = EmbeddingStore.from_settings(Settings.from_env({"CHROMA_PATH": str(tmp_path / "chroma")}))
+    store = open_store(path=tmp_path / "chroma")
     small = SmallBatches(encoder, batch_size=4)
     result = embed_items(items, small, slow_first_load, store, "42", workers=4)
 
@@ -126,10 +126,10 @@ def test_pipeline_equals_one_by_one_encoding_in_input_order(tmp_path, settings, 
 
 
 def test_an_interrupted_run_keeps_finished_batches(tmp_path, settings, encoder, image_root):
-    fetcher = Fetcher(settings)
+    fetcher = Fetcher(**fetcher_kwargs(settings))
     paths = sorted(image_root.glob("*.jpg"))
     items = [Item(task_id=1 + i, field="image", source=p.name) for i, p in enumerate(paths)]
-    store = EmbeddingStore.from_settings(Settings.from_env({"CHROMA_PATH": str(tmp_path / "chroma")}))
+    store = open_store(path=tmp_path / "chroma")
 
     class CtrlC:
         def update(self, n):
@@ -156,7 +156,7 @@ def test_an_interrupted_run_keeps_finished_batches(tmp_path, settings, encoder, 
 
 
 def test_embed_project_folder_is_resumable(tmp_path, monkeypatch, capsys, settings, encoder, image_root):
-    import scripts.embed_project as embed_project
+    from backend.cli import embed_project
 
     folder = tmp_path / "import"
     shutil.copytree(image_root, folder)
@@ -188,5 +188,5 @@ def test_embed_project_folder_is_resumable(tmp_path, monkeypatch, capsys, settin
     assert (third["embedded"], third["skipped"], third["failed"]) == (0, total - 1, 1)
 
     # the server reads what the script stored: same settings, same store, same collection
-    store = EmbeddingStore.from_settings(Settings.from_env())
+    store = open_store(**store_kwargs(Settings.from_env()))
     assert store.count(first["store_project"], encoder.id) == total - 1

@@ -9,9 +9,9 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from backend.server import create_app
-from backend.settings import Settings
-from tests.helpers import backend_env, label_config
+from backend.web import create_app
+from backend.config import Settings
+from tests.helpers import backend_env, label_config, wait_for_training
 
 SMS_CONFIG = label_config("sms_spam.xml")
 
@@ -37,7 +37,7 @@ class LiveServer:
 
     @property
     def trainer(self):
-        return self.app.extensions["registry"].trainer
+        return self.app.extensions["runtime"].scheduler.loop
 
     def close(self):
         self.server.shutdown()
@@ -47,7 +47,7 @@ class LiveServer:
 def live(tmp_path):
     server = LiveServer(tmp_path)
     yield server
-    server.trainer.wait("42", timeout=120)
+    wait_for_training(server.app, "42", timeout=120)
     server.close()
 
 
@@ -71,8 +71,8 @@ def test_burst_of_200_webhooks_is_acknowledged_and_trained_in_few_runs(live, sms
           f"max {max(latencies):.1f} ms")
     assert codes == [201] * 200
 
-    assert live.trainer.wait("42", timeout=180)
-    versions = live.app.extensions["registry"].versions
+    assert wait_for_training(live.app, "42", timeout=180)
+    versions = live.app.extensions["runtime"].services.versions
     latest = versions.latest("42")
     assert latest.meta["labels"] == 200  # every annotation was trained on
     runs = live.trainer.runs["42"]
@@ -94,8 +94,8 @@ def test_annotations_arriving_during_training_are_trained_in_the_next_run(live, 
     late = [_event(100 + i, label, text) for i, (label, text) in enumerate(sms_messages[40:50])]
     for event in late:
         assert requests.post(live.url + "/webhook", json=event).status_code == 201
-    assert live.trainer.wait("42", timeout=120)
-    assert live.app.extensions["registry"].versions.latest("42").meta["labels"] == 50
+    assert wait_for_training(live.app, "42", timeout=120)
+    assert live.app.extensions["runtime"].services.versions.latest("42").meta["labels"] == 50
 
 
 def test_bad_webhooks_get_clear_answers_and_lose_nothing(live):

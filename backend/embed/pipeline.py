@@ -1,0 +1,220 @@
+"""Items → embeddings, through the store.
+
+Cached items (same task, field and content hash) are read back from the store in one query. The rest
+stream through three overlapping stages:
+
+1. fetch + decode + prepare (resize/crop to uint8 pixels) in a thread pool, with a bounded look-ahead
+   window so memory stays flat for imports of any size; results are taken in completion order, so
+   one slow download never stalls the encoder;
+2. encode batches of BATCH_SIZE in the calling thread (one batched normalize, one model call); the
+   first batches are smaller (1/8, 1/4, 1/2 of it), so the encoder starts after a few decodes;
+3. write each batch's embeddings to the store from a background writer thread, so the encoder never
+   waits on Chroma. Every batch is written as soon as it is encoded: an interrupted bulk run keeps
+   what it finished, and a re-run skips it.
+
+Embeddings come back aligned with the input items, whatever order they completed in.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .fetch import FetchError
+from .store import EmbeddingStore, StoredItem, content_hash, record_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    task_id: int | None  # None: not cached (no stable key)
+    field: str  # object tag name, e.g. "image"
+    source: Any  # the task data value: URL, data URI or text
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.source)
+
+
+@dataclass
+class EmbedResult:
+    embeddings: list[np.ndarray | None]  # aligned with the input items
+    errors: dict[int, str]  # item index -> reason
+    cached: int = 0
+    computed: int = 0
+
+
+def embed_items(
+    items: list[Item],
+    encoder,
+    load: Callable[[Item], Any],
+    store: EmbeddingStore | None,
+    project: str,
+    workers: int = 8,
+    progress=None,
+) -> EmbedResult:
+    """Embed items, reading and writing the store. progress.update(n) is called as items settle:
+    cached ones at once, computed or failed ones batch by batch."""
+    result = EmbedResult(embeddings=[None] * len(items), errors={})
+    todo = _read_cache(items, encoder, store, project, result)
+    if progress is not None and result.cached:
+        progress.update(result.cached)
+    if not todo:
+        return result
+
+    window = max(encoder.batch_size * 2, workers * 4)  # bounded look-ahead: memory stays flat for huge imports
+    writer = _StoreWriter(store, project, encoder.id) if store is not None else None
+    prefetch = _Prefetcher(items, encoder, load, workers=min(workers, len(todo)))
+    try:
+        _encode_as_ready(prefetch.completed(todo, window), items, encoder, writer, result, progress)
+    finally:
+        prefetch.close()  # on interrupt: drop queued work, finish running items
+        if writer is not None:
+            writer.close()  # everything encoded so far is stored, also when interrupted
+    return result
+
+
+class _Prefetcher:
+    """load + encoder.prepare in a thread pool, at most `window` items ahead; results come back in
+    completion order, so one slow download never stalls the encoder."""
+
+    def __init__(self, items: list[Item], encoder, load: Callable[[Item], Any], workers: int):
+        self.items, self.encoder, self.load = items, encoder, load
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+
+    def _load_and_prepare(self, index: int) -> None:
+        try:
+            prepared = self.encoder.prepare(self.load(self.items[index]))
+        except FetchError as exc:
+            prepared = exc
+        except Exception as exc:  # a decoder or transform bug on one item must not fail the batch
+            logger.exception("unexpected error preparing task %s", self.items[index].task_id)
+            prepared = FetchError(f"{type(exc).__name__}: {exc}")
+        self._done.put((index, prepared))
+
+    def completed(self, todo: list[int], window: int) -> Iterator[tuple[int, Any, int]]:
+        """(index, prepared item or FetchError, items still in flight) as items finish: 0 on the last."""
+        todo_iter = iter(todo)
+        in_flight = 0
+        for index in islice(todo_iter, window):
+            self._pool.submit(self._load_and_prepare, index)
+            in_flight += 1
+        while in_flight:
+            index, prepared = self._done.get()
+            in_flight -= 1
+            nxt = next(todo_iter, None)
+            if nxt is not None:
+                self._pool.submit(self._load_and_prepare, nxt)
+                in_flight += 1
+            yield index, prepared, in_flight
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _encode_as_ready(completed, items, encoder, writer, result: EmbedResult, progress) -> None:
+    """Collects prepared items into batches and encodes each as soon as it is full (or nothing is left)."""
+    batch_size = encoder.batch_size
+    ready_idx: list[int] = []
+    ready: list = []
+    failed = 0
+    # Ramp up: the first batch is small (the encoder starts after a few decodes instead of a full
+    # batch's worth), then each batch doubles up to BATCH_SIZE while the fetch threads run ahead.
+    target = max(1, batch_size // 8)
+    for index, prepared, in_flight in completed:
+        if isinstance(prepared, FetchError):
+            result.errors[index] = str(prepared)
+            failed += 1
+            logger.warning("task %s: no prediction: %s", items[index].task_id, prepared)
+        else:
+            ready_idx.append(index)
+            ready.append(prepared)
+        if len(ready) >= target or (not in_flight and ready):
+            _encode(ready_idx, ready, items, encoder, writer, result)
+            target = min(batch_size, target * 2)
+            if progress is not None:
+                progress.update(len(ready) + failed)
+            ready_idx, ready, failed = [], [], 0
+    if progress is not None and failed:
+        progress.update(failed)
+
+
+class _StoreWriter:
+    """Writes batches to the store from one background thread, in order; close() waits for all."""
+
+    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str):
+        self.store, self.project, self.encoder_id = store, project, encoder_id
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[StoredItem]) -> None:
+        if records:
+            self._queue.put(records)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (records := self._queue.get()) is not None:
+            try:
+                self.store.put_many(self.project, self.encoder_id, records)
+            except Exception as exc:
+                logger.warning("embedding store write failed (%s); predictions still served", exc)
+
+
+def _read_cache(items, encoder, store, project, result) -> list[int]:
+    keyed = [(i, it) for i, it in enumerate(items) if it.task_id is not None]
+    found = {}
+    if store is not None and keyed:
+        try:
+            found = store.get_many(project, encoder.id, [(it.task_id, it.field, it.hash) for _, it in keyed])
+        except Exception as exc:  # a store outage slows us down; it must not stop predictions
+            logger.warning("embedding store read failed (%s); embedding without cache", exc)
+    todo = []
+    for i, it in enumerate(items):
+        emb = found.get(record_id(it.task_id, it.field)) if it.task_id is not None else None
+        if emb is None:
+            todo.append(i)
+        else:
+            result.embeddings[i] = emb
+            result.cached += 1
+    return todo
+
+
+def _encode(indices, prepared, items, encoder, writer, result) -> None:
+    try:
+        emb = encoder.encode_batch(prepared)
+    except Exception:
+        logger.exception("encoder failed on a batch of %d; retrying one by one", len(prepared))
+        emb = None
+    if emb is None:  # isolate the bad item(s)
+        rows = []
+        for index, p in zip(indices, prepared):
+            try:
+                rows.append(encoder.encode_batch([p])[0])
+            except Exception as exc:
+                result.errors[index] = f"encoder failed: {type(exc).__name__}"
+                rows.append(None)
+    else:
+        rows = list(emb)
+    to_store = []
+    for index, row in zip(indices, rows):
+        if row is None:
+            continue
+        result.embeddings[index] = row
+        result.computed += 1
+        it = items[index]
+        if it.task_id is not None:
+            to_store.append(StoredItem(it.task_id, it.field, it.hash, row))
+    if writer is not None:
+        writer.put(to_store)

@@ -1,0 +1,178 @@
+"""Embedding store on Chroma: one collection per (project, encoder), one record per task item.
+
+Record id is "<task_id>:<field>" (field = the Label Studio object tag name, e.g. "image"), and its
+metadata carries a hash of the item's source, so a task is embedded again only when its data changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_UPSERT_CHUNK = 2000
+# Up to this many labeled task ids are excluded inside Chroma (a metadata `$nin` filter; SQLite caps
+# the number of bound variables); more are dropped after an over-fetching query.
+MAX_NIN = 5000
+
+
+def content_hash(value) -> str:
+    return hashlib.sha1(repr(value).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def record_id(task_id, field: str) -> str:
+    return f"{task_id}:{field}"
+
+
+def collection_name(project: str, encoder_id: str) -> str:
+    # Chroma names: 3-512 chars of [a-zA-Z0-9._-], starting and ending alphanumeric.
+    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", f"p{project}_{encoder_id}").strip("-._")
+    if len(slug) > 200:
+        slug = slug[:180] + hashlib.sha1(slug.encode()).hexdigest()[:16]
+    return slug
+
+
+@dataclass
+class StoredItem:
+    task_id: int
+    field: str
+    hash: str
+    embedding: np.ndarray
+
+
+def open_store(*, path: Path | str | None = None, host: str | None = None, port: int = 8000, ssl: bool = False,
+               auth_token: str | None = None) -> "EmbeddingStore":
+    """A store on a Chroma server (host given) or on an embedded Chroma persisted under path."""
+    import chromadb
+
+    if host:
+        auth = {}
+        if auth_token:  # Chroma's token provider sends "Authorization: Bearer <token>"
+            auth = {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
+                    "chroma_client_auth_credentials": auth_token}
+        return EmbeddingStore(chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chromadb.Settings(**auth)))
+    if path is None:
+        raise ValueError("open_store needs a path (embedded Chroma) or a host (Chroma server)")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return EmbeddingStore(chromadb.PersistentClient(path=str(path)))
+
+
+class EmbeddingStore:
+    """Cache of item embeddings. get_many() returns what is stored and still fresh; put_many() upserts."""
+
+    def __init__(self, client):
+        self.client = client
+        self._collections: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def collection(self, project: str, encoder_id: str):
+        name = collection_name(project, encoder_id)
+        with self._lock:
+            if name not in self._collections:
+                self._collections[name] = self.client.get_or_create_collection(
+                    name=name,
+                    embedding_function=None,
+                    metadata={"hnsw:space": "cosine", "project": str(project), "encoder": encoder_id},
+                )
+            return self._collections[name]
+
+    def get_many(self, project: str, encoder_id: str, keys: list[tuple[int, str, str]]) -> dict[str, np.ndarray]:
+        """keys: (task_id, field, hash). Returns {record_id: embedding} for records whose hash matches."""
+        if not keys:
+            return {}
+        coll = self.collection(project, encoder_id)
+        wanted = {record_id(t, f): h for t, f, h in keys}
+        found: dict[str, np.ndarray] = {}
+        ids = list(wanted)
+        for start in range(0, len(ids), _UPSERT_CHUNK):
+            got = coll.get(ids=ids[start:start + _UPSERT_CHUNK], include=["embeddings", "metadatas"])
+            for rid, emb, meta in zip(got["ids"], got["embeddings"], got["metadatas"]):
+                if meta and meta.get("hash") == wanted[rid]:
+                    found[rid] = np.asarray(emb, dtype=np.float32)
+        return found
+
+    def put_many(self, project: str, encoder_id: str, items: list[StoredItem]) -> None:
+        if not items:
+            return
+        coll = self.collection(project, encoder_id)
+        for start in range(0, len(items), _UPSERT_CHUNK):
+            chunk = items[start:start + _UPSERT_CHUNK]
+            coll.upsert(
+                ids=[record_id(i.task_id, i.field) for i in chunk],
+                embeddings=np.stack([i.embedding for i in chunk]).astype(np.float32),
+                metadatas=[{"task_id": int(i.task_id), "field": i.field, "hash": i.hash} for i in chunk],
+            )
+
+    def count(self, project: str, encoder_id: str) -> int:
+        return self.collection(project, encoder_id).count()
+
+    def nearest(self, project: str, encoder_id: str, vector: np.ndarray, k: int, field: str,
+                exclude: set[int] = frozenset(), total: int | None = None) -> list[tuple[int, float]]:
+        """(task id, cosine similarity) of the k nearest records of ``field`` not in ``exclude``, best first.
+
+        HNSW query in Chroma (cosine space: similarity = 1 - distance). Excluded tasks are filtered inside
+        Chroma with ``$nin`` up to MAX_NIN ids; beyond that, the query over-fetches (doubling) and drops them.
+        total: the collection's record count when the caller has it already (saves a count query).
+        """
+        collection = self.collection(project, encoder_id)
+        total = collection.count() if total is None else total
+        if total == 0:
+            return []
+        where: dict = {"field": field}
+        inside = bool(exclude) and len(exclude) <= MAX_NIN
+        if inside:
+            where = {"$and": [where, {"task_id": {"$nin": sorted(exclude)}}]}
+        n = k if inside or not exclude else min(total, k + min(len(exclude), 4 * k))
+        while True:
+            n = max(1, min(n, total))
+            res = collection.query(query_embeddings=[vector.tolist()], n_results=n, where=where,
+                                   include=["distances", "metadatas"])
+            hits = []
+            for meta, distance in zip(res["metadatas"][0], res["distances"][0]):
+                task = int((meta or {}).get("task_id", -1))
+                if task >= 0 and task not in exclude:
+                    hits.append((task, float(1.0 - distance)))
+            if len(hits) >= k or n >= total or len(res["ids"][0]) < n:
+                break
+            n *= 2  # too many of the nearest were labeled: look further
+        hits.sort(key=lambda hit: -hit[1])
+        return hits[:k]
+
+
+class CollectionIndex:
+    """A Chroma collection as a VectorIndex (cosine space, HNSW: sub-linear). Labeled items are removed
+    either by a metadata filter (``where``, e.g. {"labeled": False} if the store keeps such a flag) or,
+    by default, by over-fetching and dropping ids in ``exclude``."""
+
+    def __init__(self, collection, where: dict | None = None, overfetch_cap: int = 2000):
+        self.collection = collection
+        self.where = where
+        self.overfetch_cap = overfetch_cap
+
+    def search(self, direction, m, exclude=None):
+        exclude = exclude or set()
+        extra = min(len(exclude), self.overfetch_cap, max(m, 1) * 4)
+        total = self.collection.count()
+        n_results = int(max(1, min(m + extra, total)))
+        kwargs = {"query_embeddings": [_unit(np.asarray(direction, np.float32).ravel()).tolist()],
+                  "n_results": n_results, "include": ["embeddings"]}
+        if self.where:
+            kwargs["where"] = self.where
+        res = self.collection.query(**kwargs)
+        ids, embs = res["ids"][0], res["embeddings"][0]
+        keep = [(i, e) for i, e in zip(ids, embs) if i not in exclude][:m]
+        if not keep:
+            return [], np.zeros((0, 0), np.float32)
+        return [i for i, _ in keep], np.asarray([e for _, e in keep], dtype=np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

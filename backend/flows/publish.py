@@ -1,0 +1,64 @@
+"""Rank -> push: after a training run (and at cold start, from zero-shot) every unlabeled task gets a
+prediction whose score is its queue priority, and Label Studio is told to serve tasks in that order.
+
+Priorities come from a query strategy (backend.queue): before any trained head ColdStart, after it
+QUEUE_STRATEGY. The last ranking is saved (backend.state.rankings), so /predict of a ranked task
+returns the score Label Studio already sorts by.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..labelstudio.client import LabelStudioAPI
+from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
+from ..queue.cold_start import ColdStart
+from ..state.rankings import sampling_marker_exists, save_ranking, write_sampling_marker
+from .predict import QueueOptions, priorities, to_predictions
+from .project_model import ProjectModel
+
+logger = logging.getLogger(__name__)
+
+
+def publish_ranking(api: LabelStudioAPI, project: str, model: ProjectModel, unlabeled: list[dict],
+                    labeled: dict, queue: QueueOptions) -> dict:
+    """Rank the unlabeled tasks, push them as predictions of the serving version, make Label Studio
+    order the queue by them. Returns a summary."""
+    started = time.perf_counter()
+    version = model.model_version
+    inferred = model.infer(unlabeled)
+    ranked = priorities(model, unlabeled, inferred, queue.strategy, queue.batch, labeled)
+    predictions = to_predictions(unlabeled, inferred, ranked, version)
+    # tasks that got a prediction of this version meanwhile ("Retrieve predictions" while we ranked)
+    # keep it: Label Studio would show two
+    already = api.tasks_predicted_by(int(project), version) if unlabeled else set()
+    rows = [{"task": task["id"], **p} for task, p in zip(unlabeled, predictions) if p and task["id"] not in already]
+    pushed = {row["task"] for row in rows}
+    strategy = queue.strategy if model.trained else ColdStart.name
+    save_ranking(queue.model_dir, project, version, strategy, {t: p for t, p in ranked.items() if t in pushed})
+    changes = {}  # the project is set up first, so a project showing our version is fully set up
+    if queue.view:
+        changes["view"] = api.ensure_view(int(project), queue.view, ["tasks:predictions_score"], UNLABELED_FILTER)
+    if queue.uncertainty_sampling:
+        changes["sampling"] = switch_sampling_once(api, project, queue)
+    api.push_predictions(int(project), rows)
+    # uncertainty sampling and the score column only look at predictions of the project's model_version
+    api.set_model_version(int(project), version)
+    summary = {"model_version": version, "strategy": strategy, "ranked": len(rows), "skipped": len(already),
+               "seconds": round(time.perf_counter() - started, 3), **changes}
+    logger.info("project %s: queue re-ranked: %s", project, summary)
+    return summary
+
+
+def switch_sampling_once(api: LabelStudioAPI, project: str, queue: QueueOptions) -> str:
+    """Opt-in (UNCERTAINTY_SAMPLING=true): switch the project to uncertainty sampling once. If a
+    user later picks another sampling in Label Studio, that choice stands."""
+    current = api.sampling(int(project))
+    if sampling_marker_exists(queue.model_dir, project):
+        return current or "unknown"
+    if current != UNCERTAINTY_SAMPLING:
+        api.set_sampling(int(project), UNCERTAINTY_SAMPLING)
+        logger.info("project %s: sampling %r -> %r (UNCERTAINTY_SAMPLING=true)", project, current,
+                    UNCERTAINTY_SAMPLING)
+    write_sampling_marker(queue.model_dir, project, current)
+    return UNCERTAINTY_SAMPLING

@@ -1,0 +1,230 @@
+"""Training as RQ jobs on Redis (REDIS_URL): web processes enqueue, `python -m backend.runtime.worker`
+processes (any machine sharing MODEL_DIR) train.
+
+The durable state stays the annotation log in MODEL_DIR: a job runs the same TrainingLoop as the
+in-process thread. Redis only coordinates:
+
+  <queue>:pending:<project>   SET NX by enqueue, so a burst of events queues one job; deleted by the job that
+                              takes the lock (a job that finds the lock held exits: the holder trains its events)
+  <queue>:lock:<project>      one trainer per project; its value names the holder (host:pid:nonce); a short
+                              TTL renewed by a heartbeat, so the lock of a worker killed mid-run expires soon
+  <queue>:failed:<project>    the generation whose run failed: the watchdog leaves it to the next event
+  <queue>:runs, :failures, :last_error, :last_ranking   hashes for /status (all workers together)
+
+The web app's watchdog re-queues projects with untrained generations, a free lock and no pending job:
+that is how a run lost with its worker (kill -9, a machine gone) is redone.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from rq import Queue, Retry, Worker
+
+from ..config import Settings
+from .services import Services
+from .training import TrainingLoop
+
+logger = logging.getLogger(__name__)
+
+JOB_TIMEOUT_S = 3600
+PENDING_TTL_S = 600  # a pending marker whose job got lost only delays the watchdog this long
+RETRY = dict(max=2, interval=[10, 60])  # ordinary failures (Label Studio or Chroma briefly unreachable)
+
+
+class TrainingFailed(RuntimeError):
+    """The run failed; RQ retries the job (the last good version keeps serving)."""
+
+
+class RedisScheduler:
+    def __init__(self, loop: TrainingLoop):
+        self.loop = loop
+        self.settings: Settings = loop.services.settings
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.queue = Queue(self.settings.rq_queue, connection=self.redis)
+        self.ttl = self.settings.training_lock_ttl_s
+        self._watchdog: threading.Thread | None = None
+
+    def key(self, kind: str, project: str = "") -> str:
+        return f"{self.settings.rq_queue}:{kind}" + (f":{project}" if project else "")
+
+    # -- web side ----------------------------------------------------------------------------
+    def notify(self, project: str) -> None:
+        self.enqueue(project)
+
+    def enqueue(self, project: str) -> bool:
+        """Queue a training job unless one is already waiting to start; False if none was queued."""
+        pending = self.key("pending", project)
+        try:
+            if not self.redis.set(pending, 1, nx=True, ex=PENDING_TTL_S):
+                return False
+            try:
+                self.queue.enqueue(train_project, project, *self._connection_args(project),
+                                   job_timeout=JOB_TIMEOUT_S, retry=Retry(**RETRY),
+                                   description=f"train project {project}")  # not the args: they may hold a token
+            except BaseException:
+                self.redis.delete(pending)
+                raise
+        except redis.RedisError as exc:  # the event is recorded; the watchdog queues it once Redis is back
+            logger.warning("project %s: cannot queue training on Redis (%s); retrying from the watchdog", project, exc)
+            return False
+        return True
+
+    def _connection_args(self, project: str) -> tuple:
+        # Only what /setup told this process: workers read LABEL_STUDIO_URL/API_KEY from their own environment.
+        url, token = self.loop.services.connection(project)
+        return (None if url == self.settings.label_studio_url else url,
+                None if token == self.settings.label_studio_api_key else token)
+
+    def requeue_stalled(self) -> list[str]:
+        """Queue projects with untrained changes that nobody is training or about to train."""
+        log = self.loop.services.log
+        queued = []
+        for project in log.projects_needing_training():
+            if self.redis.exists(self.key("lock", project), self.key("pending", project)):
+                continue
+            failed = self.redis.get(self.key("failed", project))
+            if failed is not None and int(failed) >= log.generations(project)[0]:
+                continue  # failed at this generation: retried by RQ, then on the next event
+            if self.enqueue(project):
+                queued.append(project)
+        if queued:
+            logger.info("watchdog: re-queued training for projects %s", queued)
+        return queued
+
+    def start(self) -> list[str]:
+        """Queue what is untrained, then keep checking: workers elsewhere may die mid-run."""
+        pending = self.loop.services.log.projects_needing_training()
+        for project in pending:
+            self.enqueue(project)
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="training-watchdog", daemon=True)
+            self._watchdog.start()
+        return pending
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.settings.training_watchdog_s)
+            try:
+                self.requeue_stalled()
+            except Exception as exc:  # Redis down: next tick
+                logger.warning("training watchdog: %s", exc)
+
+    def busy(self, project: str | None = None) -> bool:
+        try:
+            if project:
+                return bool(self.redis.exists(self.key("lock", project), self.key("pending", project)))
+            return bool(self.locks()) or len(self.queue) > 0
+        except redis.RedisError:
+            return False
+
+    def locks(self) -> dict[str, str]:
+        """project -> holder of its training lock."""
+        held = {}
+        for key in self.redis.scan_iter(match=self.key("lock", "") + ":*"):
+            holder = self.redis.get(key)
+            if holder is not None:
+                held[key.decode().rsplit(":", 1)[1]] = holder.decode()
+        return held
+
+    def status(self) -> dict:
+        """The /status "training" section: true for the whole cluster, not just this process."""
+        def decoded(name):
+            return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key(name)).items()}
+
+        try:
+            locks = self.locks()
+            return {"mode": "rq", "queue": self.queue.name, "queued": len(self.queue),
+                    "workers": Worker.count(queue=self.queue), "locks": locks,
+                    "runs": {k: int(v) for k, v in decoded("runs").items()},
+                    "failures": {k: int(v) for k, v in decoded("failures").items()},
+                    "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0,
+                    "last_ranking": {k: json.loads(v) for k, v in decoded("last_ranking").items()}}
+        except redis.RedisError as exc:
+            return {"mode": "rq", "queue": self.queue.name, "error": f"Redis unreachable: {exc}"}
+
+    # -- worker side -------------------------------------------------------------------------
+    def run_job(self, project: str) -> str:
+        """Body of a job: under the project's lock, train until every recorded generation is trained."""
+        pending = self.key("pending", project)
+        lock = self.redis.lock(self.key("lock", project), timeout=self.ttl, thread_local=False)
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if not lock.acquire(blocking=False, token=holder):
+            # The holder re-reads the generation before it stops and once more after it lets go (below), so
+            # it trains our events; no worker waits idle. The marker stays (no job per event meanwhile) but
+            # lapses soon in case the holder is dead: then the watchdog queues the project again.
+            self.redis.expire(pending, int(self.ttl) + 1)
+            return f"project {project}: another worker is training it"
+        self.redis.delete(pending)  # events from now on queue a new job
+        runs, failures = self.loop.runs[project], self.loop.failures[project]
+        ok = self._run_locked(project, lock)
+        # Events recorded after the loop's last look found the lock held or the marker set: queue them now.
+        self.redis.delete(pending)
+        log = self.loop.services.log
+        generation, trained, _ = log.generations(project)
+        if ok and generation > trained:
+            self.enqueue(project)
+        self._publish_counters(project, ok, runs, failures)
+        if not ok:
+            raise TrainingFailed(f"project {project}: {self.loop.last_error.get(project)}")
+        return f"project {project}: trained generation {log.generations(project)[1]}"
+
+    def _run_locked(self, project: str, lock) -> bool:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(lock, stop), name=f"lock-{project}", daemon=True)
+        beat.start()
+        try:
+            return self.loop.run(project)
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                pass  # expired (worker stalled past the TTL); nothing to release
+
+    def _publish_counters(self, project: str, ok: bool, runs_before: int, failures_before: int) -> None:
+        loop = self.loop
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(self.key("runs"), project, loop.runs[project] - runs_before)
+            if project in loop.last_ranking:  # the queue re-ranking happened here, in the worker
+                pipe.hset(self.key("last_ranking"), project, json.dumps(loop.last_ranking[project]))
+            if ok:
+                pipe.delete(self.key("failed", project))
+            else:
+                pipe.hincrby(self.key("failures"), project, loop.failures[project] - failures_before)
+                pipe.hset(self.key("last_error"), project, loop.last_error.get(project, "unknown"))
+                pipe.set(self.key("failed", project), loop.services.log.generations(project)[0])
+            pipe.execute()
+
+    def _heartbeat(self, lock, stop: threading.Event) -> None:
+        while not stop.wait(self.ttl / 3):
+            try:
+                lock.extend(self.ttl, replace_ttl=True)
+            except (redis.RedisError, redis.exceptions.LockError) as exc:
+                logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
+
+
+_worker_scheduler: RedisScheduler | None = None  # one per worker process: encoder weights load once, not per job
+_worker_lock = threading.Lock()
+
+
+def worker_scheduler(settings: Settings | None = None) -> RedisScheduler:
+    global _worker_scheduler
+    with _worker_lock:
+        if _worker_scheduler is None:
+            _worker_scheduler = RedisScheduler(TrainingLoop(Services(settings or Settings.from_env())))
+        return _worker_scheduler
+
+
+def train_project(project: str, url: str | None = None, token: str | None = None) -> str:
+    """The RQ job. url/token: what /setup told the web app, used when the worker's environment has none."""
+    scheduler = worker_scheduler()
+    scheduler.loop.services.remember(project, None, url, token)
+    return scheduler.run_job(project)

@@ -1,0 +1,49 @@
+"""Training worker: `python -m backend.runtime.worker` (or `clip-backend-worker`, scripts/worker.sh) runs
+training jobs from Redis (redis_jobs.py).
+
+Configure it like the web app (same MODEL_DIR on a shared volume, same CHROMA_* and encoder settings) plus
+REDIS_URL. Jobs run in this process (rq's SimpleWorker, no fork per job), so encoder weights load once.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import redis
+from rq import Queue, SimpleWorker
+
+from ..config import Settings, SettingsError
+from .redis_jobs import worker_scheduler
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("configuration error: REDIS_URL is not set; the worker takes training jobs from Redis "
+              "(e.g. REDIS_URL=redis://localhost:6379/0, the same as the web app's)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connection = worker_scheduler(settings).redis
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        print(f"cannot reach Redis at REDIS_URL: {exc}", file=sys.stderr)
+        return 1
+    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
+    log = logging.getLogger(__name__)
+    log.info("training worker %s on queue %r: %s", worker.name, settings.rq_queue, settings)
+    if not settings.chroma_host:
+        log.warning("no CHROMA_HOST: this worker opens the embedded store under %s; only safe when no other "
+                    "process writes it at the same time (set CHROMA_HOST to share a Chroma server)",
+                    settings.resolved_chroma_path)
+    # the scheduler runs retries that wait (RQ Retry intervals); one worker at a time holds it
+    worker.work(with_scheduler=True, logging_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Durable record of annotations, written before a webhook is acknowledged.
+
+SQLite (WAL) in MODEL_DIR. Each project has a generation counter that every change bumps; a training
+run trains on a snapshot and marks that generation trained, so changes that arrive during a run
+(or before a crash) are trained on by the next one: nothing is lost.
+
+Knows nothing of Label Studio's formats: callers pass AnnotationRecords (backend.labelstudio.protocol
+reads them out of payloads).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS annotations (
+    project TEXT NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    task_data TEXT NOT NULL,
+    labels TEXT NOT NULL,          -- {"<from_name>": ["choice", ...]}
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, annotation_id)
+);
+CREATE INDEX IF NOT EXISTS annotations_task ON annotations (project, task_id);
+CREATE TABLE IF NOT EXISTS projects (
+    project TEXT PRIMARY KEY,
+    label_config TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    trained_generation INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+# A newer write of the same annotation replaces it (and revives it if it was marked deleted).
+UPSERT = (
+    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, deleted, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+    "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id=excluded.task_id, task_data=excluded.task_data, "
+    "labels=excluded.labels, cancelled=excluded.cancelled, deleted=0, "
+    "updated_at=MAX(updated_at, excluded.updated_at)"
+)
+
+
+class AnnotationRecord(NamedTuple):
+    """One annotation as the log stores it."""
+    annotation_id: int
+    task_id: int
+    data: dict  # the task's data
+    labels: dict  # from_name -> list of chosen outputs
+    cancelled: bool  # a skipped task: kept, but not a label
+
+
+def _row(project: str, record: AnnotationRecord, now: float) -> tuple:
+    return (project, int(record.annotation_id), int(record.task_id), json.dumps(record.data or {}),
+            json.dumps(record.labels), int(bool(record.cancelled)), now)
+
+
+@dataclass(frozen=True)
+class LabeledTask:
+    task_id: int
+    data: dict
+    labels: dict  # from_name -> list of chosen outputs
+
+
+class AnnotationLog:
+    def __init__(self, path: Path, journal_mode: str = "wal"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        # WAL is fastest but needs every process on one host (shared memory index); "delete" (a
+        # rollback journal) works on a network filesystem with POSIX locks, for MODEL_DIR shared by hosts
+        if journal_mode not in ("wal", "delete"):
+            raise ValueError(f"journal_mode must be 'wal' or 'delete', not {journal_mode!r}")
+        self._db.execute(f"PRAGMA journal_mode={journal_mode.upper()}")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _bump(self, project: str, label_config: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO projects (project, label_config, generation) VALUES (?, ?, 1) "
+            "ON CONFLICT(project) DO UPDATE SET generation = generation + 1, "
+            "label_config = COALESCE(excluded.label_config, label_config)",
+            (project, label_config),
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction; IMMEDIATE takes the write lock up front (other processes wait)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def record(self, project: str, record: AnnotationRecord, label_config: str | None = None) -> None:
+        """Store (or replace) one annotation from a webhook payload or the Label Studio API."""
+        with self._transaction():
+            self._db.execute(UPSERT, _row(project, record, time.time()))
+            self._bump(project, label_config)
+
+    def delete(self, project: str, annotation_ids: list[int], label_config: str | None = None) -> int:
+        with self._transaction():
+            cur = self._db.executemany(
+                "UPDATE annotations SET deleted = 1, updated_at = ? WHERE project = ? AND annotation_id = ?",
+                [(time.time(), project, int(a)) for a in annotation_ids],
+            )
+            self._bump(project, label_config)
+        return cur.rowcount
+
+    def request_training(self, project: str, label_config: str | None = None) -> None:
+        with self._lock:
+            self._bump(project, label_config)
+
+    def replace_all(self, project: str, records: list[AnnotationRecord], label_config: str | None = None) -> None:
+        """Reconcile with Label Studio: its annotations become the whole truth for the project."""
+        with self._transaction():
+            self._db.execute("UPDATE annotations SET deleted = 1 WHERE project = ?", (project,))
+            now = time.time()
+            self._db.executemany(UPSERT, [_row(project, r, now) for r in records])
+            if label_config:
+                self._db.execute("UPDATE projects SET label_config = ? WHERE project = ?", (label_config, project))
+
+    def labeled_tasks(self, project: str) -> list[LabeledTask]:
+        """The latest live, non-cancelled annotation of every task (one label set per task)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id, task_data, labels FROM annotations a WHERE project = ? AND deleted = 0 "
+                "AND cancelled = 0 AND labels != '{}' AND updated_at = (SELECT MAX(updated_at) FROM annotations b "
+                "WHERE b.project = a.project AND b.task_id = a.task_id AND b.deleted = 0 AND b.cancelled = 0 "
+                "AND b.labels != '{}') GROUP BY task_id ORDER BY task_id",
+                (project,),
+            ).fetchall()
+        return [LabeledTask(t, json.loads(d), json.loads(lab)) for t, d, lab in rows]
+
+    def count(self, project: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM annotations WHERE project = ? AND deleted = 0",
+                                    (project,)).fetchone()[0]
+
+    def generations(self, project: str) -> tuple[int, int, str | None]:
+        """(generation, trained_generation, label_config)."""
+        with self._lock:
+            row = self._db.execute("SELECT generation, trained_generation, label_config FROM projects "
+                                   "WHERE project = ?", (project,)).fetchone()
+        return row if row else (0, 0, None)
+
+    def mark_trained(self, project: str, generation: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE projects SET trained_generation = MAX(trained_generation, ?) WHERE project = ?",
+                             (generation, project))
+
+    def projects_needing_training(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT project FROM projects WHERE generation > trained_generation").fetchall()]

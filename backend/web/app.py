@@ -1,0 +1,95 @@
+"""The Flask app: settings validated at start, basic auth, error handlers, the routes (routes.py).
+
+Run with gunicorn: gunicorn 'backend.web:create_app()' (see scripts/serve.sh).
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..config import Settings, SettingsError
+from ..flows.project_model import ModelLoadError
+from ..labelstudio.labelconfig import ConfigError
+from ..labelstudio.protocol import ProtocolError
+from ..runtime.process import Runtime
+from ..runtime.services import UnknownConfig
+from .metrics import Metrics
+from .routes import BadRequest, api
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = {"/", "/health"}
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            raise SystemExit(f"configuration error: {exc}") from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
+    runtime = Runtime.build(settings)
+    metrics = Metrics(stats=runtime.services.stats)
+    app.extensions["runtime"] = runtime
+    app.extensions["metrics"] = metrics
+    app.register_blueprint(api)
+    _add_auth_and_timing(app, settings, metrics)
+    _add_error_handlers(app, metrics)
+    resumed = runtime.scheduler.start()  # annotations recorded before a restart are trained on now
+    if resumed:
+        logger.info("resuming training for projects %s", resumed)
+    logger.info("backend ready: %s", settings)
+    return app
+
+
+def _add_auth_and_timing(app: Flask, settings: Settings, metrics: Metrics) -> None:
+    @app.before_request
+    def _auth():
+        request.environ["started"] = time.perf_counter()
+        if settings.basic_auth_user and request.path not in PUBLIC_PATHS:
+            auth = request.authorization
+            ok = auth is not None and auth.username is not None and auth.password is not None \
+                and hmac.compare_digest(auth.username, settings.basic_auth_user) \
+                and hmac.compare_digest(auth.password, settings.basic_auth_pass)
+            if not ok:
+                return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="ml-backend"'})
+
+    @app.after_request
+    def _timing(response):
+        started = request.environ.get("started")
+        if started is not None and request.endpoint:
+            metrics.observe(request.endpoint.removeprefix("api."), time.perf_counter() - started)
+        return response
+
+
+def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
+    def bad_request(exc):
+        return jsonify({"error": str(exc)}), 400
+
+    for error in (BadRequest, ProtocolError, UnknownConfig):
+        app.register_error_handler(error, bad_request)
+
+    @app.errorhandler(ConfigError)
+    def _bad_config(exc):
+        return jsonify({"error": f"unsupported labeling config: {exc}"}), 400
+
+    @app.errorhandler(ModelLoadError)
+    def _model_unavailable(exc):
+        logger.error("%s", exc)
+        return jsonify({"error": str(exc)}), 503
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        return jsonify({"error": exc.description}), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc):
+        logger.exception("unhandled error on %s", request.path)
+        metrics.add(errors=1)
+        return jsonify({"error": f"internal error: {type(exc).__name__}"}), 500

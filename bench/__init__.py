@@ -1,0 +1,1 @@
+"""Benchmarks and benchmark-only code (run as python -m bench.<name>); may import anything in backend."""

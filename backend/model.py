@@ -12,7 +12,7 @@ from .flows.predict import predict
 from .flows.project_model import ModelLoadError, ProjectModel
 from .flows.record import record_event
 from .flows.search import search
-from .labelstudio.protocol import WebhookEvent
+from .labelstudio.protocol import parse_webhook
 from .runtime.process import Runtime
 from .state.rankings import ranked_version
 
@@ -51,9 +51,10 @@ class ClipClassifier:
         """One entry per task: a prediction whose score is the task's queue priority, or []."""
         return predict(self.model, tasks, self.services.queue)
 
-    def fit(self, event: WebhookEvent, data: dict | None = None, **kwargs) -> dict:
-        """Record the annotation event durably, retrain in the background, return at once."""
-        result = record_event(self.services.log, event)
+    def fit(self, event: str, data: dict, **kwargs) -> dict:
+        """A webhook event (ANNOTATION_CREATED, ...) and its payload: record it durably, retrain in the
+        background, return at once."""
+        result = record_event(self.services.log, parse_webhook({**data, "action": event}))
         self.runtime.scheduler.notify(self.project_id)
         return result
 

@@ -2,12 +2,12 @@
 version was trained on and how long after the last annotation every web worker served it.
 
 Against a running deployment (web workers behind --url, training on RQ workers):
-    .venv/bin/python scripts/bench_cluster.py --url http://127.0.0.1:9090 --web-workers 2 --n 400 --json
+    .venv/bin/python -m bench.cluster --url http://127.0.0.1:9090 --web-workers 2 --n 400 --json
 Or let it start one on this machine (Redis, a Chroma server, scripts/serve.sh with WORKERS=2 and two
 scripts/worker.sh, all in a temporary directory):
-    .venv/bin/python scripts/bench_cluster.py --start --n 400 --json
+    .venv/bin/python -m bench.cluster --start --n 400 --json
 
-Every web worker's pid and served version come from /metrics ("process"); a new connection per request
+Every web worker's pid and served version come from /status ("process"); a new connection per request
 lets the kernel hand it to either worker.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def local_cluster(web_workers: int, rq_workers: int):
                 procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                               start_new_session=True))
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: requests.get(url + "/metrics", timeout=5).json()["training"].get("workers") == rq_workers,
+        _wait(lambda: requests.get(url + "/status", timeout=5).json()["training"].get("workers") == rq_workers,
               timeout=180, what="the backend and its RQ workers")
         print(f"[bench] cluster up in {tmp}", file=sys.stderr)
         yield url
@@ -97,7 +97,7 @@ def _serving(url: str, project: str, web_workers: int, probe: dict) -> dict[int,
 
     def all_seen():
         requests.post(url + "/predict", json=probe, timeout=60)  # builds the model where it is not yet
-        process = requests.get(url + "/metrics", timeout=10).json()["process"]
+        process = requests.get(url + "/status", timeout=10).json()["process"]
         seen[process["pid"]] = process["serving"].get(project)
         return len(seen) >= web_workers and None not in seen.values()
 
@@ -119,7 +119,7 @@ def warm_up(url: str, projects: list[str]) -> None:
     for project in projects:
         _wait(lambda: any(r["labels"] == 20 for r in requests.get(f"{url}/reports?project={project}", timeout=10)
                           .json()["reports"]), timeout=300, what=f"warm-up project {project}")
-    _wait(lambda: not requests.get(url + "/metrics", timeout=10).json()["training"]["busy"], timeout=300,
+    _wait(lambda: not requests.get(url + "/status", timeout=10).json()["training"]["busy"], timeout=300,
           what="warm-up training to finish")
 
 
@@ -147,16 +147,16 @@ def run(url: str, n: int, web_workers: int, project: str) -> dict:
         complete.update(r["version"] for r in reports() if r["labels"] == len(messages))
         seen: dict[int, str] = {}
         while len(seen) < web_workers:
-            process = requests.get(url + "/metrics", timeout=10).json()["process"]
+            process = requests.get(url + "/status", timeout=10).json()["process"]
             seen[process["pid"]] = process["serving"].get(project)
         return all(v in complete for v in seen.values()) and seen
 
     served = _wait(served_everywhere, timeout=600, step=0.05, what="the new version on every web worker")
     served_after = time.perf_counter() - last_sent
-    _wait(lambda: not requests.get(url + "/metrics", timeout=10).json()["training"]["busy"], timeout=600,
+    _wait(lambda: not requests.get(url + "/status", timeout=10).json()["training"]["busy"], timeout=600,
           what="training to finish")
     final = reports()[-1]
-    training = requests.get(url + "/metrics", timeout=10).json()["training"]
+    training = requests.get(url + "/status", timeout=10).json()["training"]
     return {
         "annotations_sent": len(messages),
         "trained_on": final["labels"],
@@ -172,7 +172,7 @@ def run(url: str, n: int, web_workers: int, project: str) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running backend (with REDIS_URL and RQ workers)")
     parser.add_argument("--start", action="store_true", help="start Redis, Chroma, 2 web workers, --rq-workers")
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--project", default=str(int(time.time()) % 100000))
     parser.add_argument("--cold", action="store_true", help="no warm-up: the first job also loads the encoder")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if bool(args.url) == args.start:
         parser.error("give either --url or --start")
     with (local_cluster(args.web_workers, args.rq_workers) if args.start else contextlib.nullcontext(args.url)) as url:
@@ -194,7 +194,8 @@ def main() -> None:
     else:
         for key, value in result.items():
             print(f"{key:55s} {value}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

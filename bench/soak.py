@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """Soak a live backend: concurrent /predict clients while a storm of annotation webhooks trains it,
 optionally crashing and restarting it mid-run. Loopback or your own test hosts only.
 
-    python scripts/soak.py --url http://127.0.0.1:9090 --json
-    python scripts/soak.py --url http://127.0.0.1:9090 --clients 50 --webhooks 1000 --duration 60 \\
-        --restart-cmd 'pkill -9 -f "backend.server:create_app" ; PORT=9090 scripts/serve.sh >/tmp/b.log 2>&1 &' --json
+    python -m bench.soak --url http://127.0.0.1:9090 --json
+    python -m bench.soak --url http://127.0.0.1:9090 --clients 50 --webhooks 1000 --duration 60 \\
+        --restart-cmd 'pkill -9 -f "backend.web:create_app" ; PORT=9090 scripts/serve.sh >/tmp/b.log 2>&1 &' --json
 
 Prints one JSON object (--json): requests, errors, annotations_sent, annotations_trained, p95_ms,
 restarts_survived (plus details). Requests that fail while the backend restarts are retried, as
@@ -151,7 +150,7 @@ class Soak:
         }
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--clients", type=int, default=50, help="concurrent /predict clients")
@@ -161,14 +160,11 @@ def main() -> None:
     parser.add_argument("--restart-cmd", help="shell command that crashes and restarts the backend mid-run")
     parser.add_argument("--train-timeout", type=float, default=300)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = Soak(args).run()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>20}: {value}")
+    print(json.dumps(result) if args.json else "\n".join(f"{key:>20}: {value}" for key, value in result.items()))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """POST /search (text query -> most similar unlabeled tasks), in process with the real MiniLM and
-random-weight CLIP, and scripts/bulk_label.py against a real Label Studio (e2e)."""
+random-weight CLIP, and clip-backend-bulk-label against a real Label Studio (e2e)."""
 import json
 import subprocess
 import sys
@@ -13,7 +13,7 @@ import backend.embed.store as store_module
 from backend.flows.search import query_embedding, search_target
 from backend.web import create_app
 from backend.config import Settings
-from tests.helpers import DATA_DIR, REPO_ROOT, backend_env, label_config
+from tests.helpers import DATA_DIR, backend_env, label_config
 
 SMS_CONFIG = label_config("sms_spam.xml")
 IMAGE_CONFIG = label_config("image_classification.xml")
@@ -166,10 +166,10 @@ def test_image_search_uses_clip_text_tower_on_stored_image_embeddings(client, ci
     assert len(_search(client, query="horse", k=50, project="23", label_config=IMAGE_CONFIG)["results"]) == len(tasks)  # k > items
 
 
-# -- scripts/bulk_label.py against a real Label Studio ---------------------------------------------
+# -- clip-backend-bulk-label against a real Label Studio -------------------------------------------
 
 def _bulk_label(*args, stdin=None):
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bulk_label.py"), *map(str, args)]
+    cmd = [sys.executable, "-m", "backend.cli.bulk_label", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=120)
     return proc
 

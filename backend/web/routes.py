@@ -115,12 +115,13 @@ def search():
 @api.post("/webhook")
 def webhook():
     # Label Studio waits 1 s and runs this inside the annotator's request: record, then train later.
+    body = _json_body()
     try:
-        event = parse_webhook(_json_body())
+        event = parse_webhook(body)
     except IgnoredEvent as exc:  # PROJECT_UPDATED and the other events Label Studio sends us too
         return jsonify({"status": "ignored", "reason": str(exc)}), 200
     _metrics().webhook(event.action)
-    result = ClipClassifier(event.project, event.label_config, _runtime()).fit(event)
+    result = ClipClassifier(event.project, event.label_config, _runtime()).fit(event.action, body)
     return jsonify({"status": "ok", "result": result}), 201
 
 

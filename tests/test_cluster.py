@@ -13,7 +13,7 @@ import requests
 from backend.runtime.redis_jobs import TrainingFailed
 from backend.state.annotations import AnnotationLog
 from backend.runtime.services import Services
-from backend.runtime.training import make_scheduler
+from backend.runtime.process import make_scheduler
 from backend.embed.encoders import encoder_id
 from backend.embed.store import collection_name, open_store
 from backend.config import Settings, SettingsError

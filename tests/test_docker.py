@@ -176,8 +176,8 @@ def test_label_studio_may_call_an_in_network_backend(config):
 def test_worker_runs_the_rq_worker_and_scales(config):
     worker = config["services"]["worker"]
     assert as_argv(worker["command"]) == ["python", "-m", "backend.runtime.worker"]
-    assert (ROOT / "backend" / "worker.py").is_file(), "the worker command names backend/worker.py"
-    assert "if __name__ == \"__main__\":" in (ROOT / "backend" / "worker.py").read_text()
+    assert (ROOT / "backend" / "runtime" / "worker.py").is_file(), "the worker command names backend/runtime/worker.py"
+    assert "if __name__ == \"__main__\":" in (ROOT / "backend" / "runtime" / "worker.py").read_text()
     # --scale worker=N needs no fixed name and no host port
     assert "container_name" not in worker and not worker.get("ports")
     # its healthcheck is its own (the image's probes the web server's /health)
@@ -270,10 +270,11 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_serves_what_the_repo_has(dockerfile):
     cmd = one(dockerfile, "CMD")
-    # the web server's gunicorn target exists: backend/server.py defines create_app at top level
+    # the web server's gunicorn target exists: backend/web/__init__.py exports create_app, defined in web/app.py
     assert '"backend.web:create_app()"' in cmd and "gunicorn" in cmd
-    tree = ast.parse((ROOT / "backend" / "server.py").read_text())
+    tree = ast.parse((ROOT / "backend" / "web" / "app.py").read_text())
     assert "create_app" in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "from .app import create_app" in (ROOT / "backend" / "web" / "__init__.py").read_text()
     # the same flags as scripts/serve.sh
     serve = (ROOT / "scripts" / "serve.sh").read_text()
     for flag in ("--bind", "--workers", "--threads", "--timeout", "--access-logfile"):

@@ -4,8 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Settings
+from .redis_jobs import RedisScheduler
 from .services import Services
-from .training import Scheduler, make_scheduler
+from .training import Scheduler, ThreadScheduler, TrainingLoop
+
+
+def make_scheduler(services: Services) -> Scheduler:
+    """RQ jobs on Redis when REDIS_URL is set, else threads in this process."""
+    loop = TrainingLoop(services)
+    return RedisScheduler(loop) if services.settings.redis_url else ThreadScheduler(loop)
 
 
 @dataclass

@@ -109,12 +109,3 @@ class ThreadScheduler:
         return {"runs": dict(loop.runs), "failures": dict(loop.failures), "last_error": loop.last_error,
                 "busy": self.busy(), "last_ranking": loop.last_ranking}
 
-
-def make_scheduler(services: Services) -> Scheduler:
-    """RQ jobs on Redis when REDIS_URL is set, else threads in this process."""
-    loop = TrainingLoop(services)
-    if services.settings.redis_url:
-        from .redis_jobs import RedisScheduler  # redis and rq are only needed with REDIS_URL
-
-        return RedisScheduler(loop)
-    return ThreadScheduler(loop)

@@ -66,6 +66,10 @@ def test_label_studio_serves_the_lowest_score_task_first_at_cold_start_and_after
     views = [v for v in ls.get("/api/dm/views/", params={"project": project_id}) if v["data"].get("title") == VIEW]
     assert len(views) == 1 and views[0]["data"]["ordering"] == ["tasks:predictions_score"]
     assert _next_task(ls, project_id)["id"] == min(scores, key=scores.get)
+    # another model's prediction on a task: the backend never touches it
+    other = next(iter(scores))
+    ls.post(f"/api/projects/{project_id}/import/predictions", json=[
+        {"task": other, "model_version": "other-model", "score": 0.5, "result": _choice("spam")}])
 
     # annotators follow the queue; each submission fires a webhook and the backend retrains
     for _ in range(16):
@@ -76,6 +80,10 @@ def test_label_studio_serves_the_lowest_score_task_first_at_cold_start_and_after
     wait_until(lambda: not requests.get(backend + "/status", timeout=5).json()["training"]["busy"], timeout=180,
                step=0.5, what="idle training")
     version, scores, tasks = _queue(ls, project_id)  # the newest version after coalesced runs
+    # predictions of the backend's earlier versions are gone; the other model's prediction stays
+    held = ls.get(f"/api/projects/{project_id}/model-versions/")
+    assert held == {version: 60 - 16, "other-model": 1}, held
+    assert any(p["model_version"] == "other-model" for p in tasks[other]["predictions"])
     first = min(scores, key=scores.get)
     assert _next_task(ls, project_id)["id"] == first
     # boundary first: the task served next is one the new head is least sure about

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from backend.flows.predict import priorities as queue_priorities
+from backend.flows.project_model import BACKEND_VERSION
 from backend.state.rankings import save_ranking
 from backend.web import create_app
 from backend.config import Settings, SettingsError
@@ -114,3 +115,11 @@ def test_queue_settings_defaults_and_aliases():
     default = Settings.from_env({})
     assert (default.queue_strategy, default.queue_batch, default.queue_view, default.uncertainty_sampling) == \
         ("boundary", 50, "Boundary first", False)
+
+
+def test_every_version_name_of_the_backend_is_recognised_as_its_own(app):
+    model = app.extensions["runtime"].services.model("25", SMS_CONFIG)
+    for name in (model.model_version, model.version_name(1), model.version_name(1234)):
+        assert BACKEND_VERSION.match(name), name
+    for other in ("search:horse", "other-model", "yolo-v8", model.model_version + "-copy"):
+        assert not BACKEND_VERSION.match(other), other

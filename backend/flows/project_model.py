@@ -7,6 +7,7 @@ queue priorities, search) is in the other flows.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ from ..learn.heads import ZeroShotHead
 from ..state.versions import VersionStore
 
 logger = logging.getLogger(__name__)
+
+
+# Every model_version this backend names: "<encoder id>[+<encoder id>]/zeroshot-<fingerprint>" or
+# ".../v<number>-<fingerprint>" (version_name, model_version below); anything else is not ours.
+BACKEND_VERSION = re.compile(r"^(?:clip|st)-[^/\s]*/(?:zeroshot|v\d+)-[0-9a-f]{10}$")
 
 
 class ModelLoadError(RuntimeError):

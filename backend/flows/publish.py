@@ -15,7 +15,7 @@ from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
 from ..queue.cold_start import ColdStart
 from ..state.rankings import sampling_marker_exists, save_ranking, write_sampling_marker
 from .predict import QueueOptions, priorities, to_predictions
-from .project_model import ProjectModel
+from .project_model import BACKEND_VERSION, ProjectModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +44,25 @@ def publish_ranking(api: LabelStudioAPI, project: str, model: ProjectModel, unla
     api.push_predictions(int(project), rows)
     # uncertainty sampling and the score column only look at predictions of the project's model_version
     api.set_model_version(int(project), version)
+    deleted = delete_superseded(api, project, version)
     summary = {"model_version": version, "strategy": strategy, "ranked": len(rows), "skipped": len(already),
-               "seconds": round(time.perf_counter() - started, 3), **changes}
+               "deleted": deleted, "seconds": round(time.perf_counter() - started, 3), **changes}
     logger.info("project %s: queue re-ranked: %s", project, summary)
     return summary
+
+
+def delete_superseded(api: LabelStudioAPI, project: str, current: str) -> int:
+    """Delete the predictions of this backend's earlier versions (every unlabeled task now holds one of
+    ``current``), so Label Studio holds about one of ours per task instead of one per version and run.
+    Predictions of other models and bulk labels ("search:<query>") are never touched."""
+    deleted = 0
+    try:
+        for version in api.model_versions(int(project)):
+            if version != current and BACKEND_VERSION.match(version or ""):
+                deleted += api.delete_model_version(int(project), version)
+    except Exception as exc:  # the queue is ranked anyway; the next run tries again
+        logger.warning("project %s: could not delete superseded predictions: %s", project, exc)
+    return deleted
 
 
 def switch_sampling_once(api: LabelStudioAPI, project: str, queue: QueueOptions) -> str:

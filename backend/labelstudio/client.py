@@ -26,6 +26,9 @@ class LabelStudioAPI:
         from label_studio_sdk import LabelStudio  # heavy (~1 s of imports): only processes that call the API
 
         self.client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+        # endpoints the SDK does not wrap (model versions) go through requests with the same credentials
+        self._url, self._timeout = url.rstrip("/"), timeout
+        self._auth = LabelStudioAuth(url, api_key, timeout=timeout)
 
     def _all_tasks(self, project: int):
         """Every task of the project with its annotations and predictions (paged by the SDK)."""
@@ -61,6 +64,25 @@ class LabelStudioAPI:
                     found.add(task.id)
                     break
         return found
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        """{model_version: number of predictions} of the project's predictions."""
+        return self._request("GET", f"/api/projects/{int(project)}/model-versions/").json()
+
+    def delete_model_version(self, project: int, model_version: str) -> int:
+        """Delete every prediction of one model version in one request; returns how many went."""
+        answer = self._request("DELETE", f"/api/projects/{int(project)}/model-versions/",
+                               json={"model_version": model_version}).json()
+        return int(answer.get("deleted_predictions", 0)) if isinstance(answer, dict) else 0
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        try:
+            headers = self._auth.headers()
+        except AuthError as exc:
+            raise RuntimeError(f"Label Studio API: {exc}") from None
+        resp = requests.request(method, self._url + path, headers=headers, timeout=self._timeout, **kwargs)
+        resp.raise_for_status()
+        return resp
 
     def sampling(self, project: int) -> str | None:
         return getattr(self.client.projects.get(id=int(project)), "sampling", None)

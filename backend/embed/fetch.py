@@ -4,33 +4,36 @@ Sources: http(s) URLs, Label Studio relative URLs (/data/upload/..., /data/local
 cloud-storage URIs (s3://, gs://, azure-blob://) through Label Studio's resolver, data: URIs,
 and files under the local-files document root. Every failure is a FetchError with a reason,
 so one bad item never fails a batch.
+
+Which host a URL reaches, the allowlist and the per-download deadline live in download.py; decoding
+under a memory bound in images.py.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
-import time
+import os
+import stat
 import urllib.parse
-import warnings
 from pathlib import Path
 from typing import Protocol
 
 import requests
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .download import WATCHDOG, DeadlineAdapter, Origin, UnsafeURL, origin, origin_or_none
+from .errors import FetchError
+from .images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PIXELS_IN_FLIGHT, PixelBudget, decode_image
+
+__all__ = ["Auth", "Fetcher", "FetchError", "decode_image"]
 
 logger = logging.getLogger(__name__)
-# We enforce our own MAX_IMAGE_PIXELS before decoding, with a clear per-task error instead of a warning.
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 LS_RELATIVE_PREFIXES = ("/data/", "/storage-data/", "/tasks/", "/api/")
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-
-
-class FetchError(Exception):
-    """An item could not be fetched or decoded; str(error) is the reason shown in logs."""
+MAX_LOCAL_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 
 class Auth(Protocol):
@@ -43,26 +46,33 @@ class Auth(Protocol):
 class Fetcher:
     """Downloads and decodes task data under explicit limits.
 
-    auth: sends credentials to Label Studio's host only (None: no credentials). allowed_hosts: other
-    hosts task URLs may point to ("*" = any, "*.example.com" = subdomains). document_root: the
-    directory local paths and /data/local-files/ resolve under (None: no local files).
+    auth: sends credentials to Label Studio's origin only (scheme, host and port; None: no credentials).
+    allowed_hosts: other hosts task URLs may point to ("*" = any, "*.example.com" = subdomains, either
+    with ":port" = that port only). document_root: the directory local paths and /data/local-files/
+    resolve under (None: no local files). timeout_s bounds each socket operation, deadline_s a whole
+    download (default 3 x timeout_s). max_pixels_in_flight: the decoded pixels this process holds at once
+    (shared by every Fetcher with that limit).
     """
 
     def __init__(self, *, label_studio_url: str | None = None, auth: Auth | None = None, timeout_s: float = 10.0,
-                 max_bytes: int = DEFAULT_MAX_BYTES, max_image_pixels: int = 64_000_000,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  max_text_chars: int = 20_000, allowed_hosts: tuple[str, ...] = (),
-                 document_root: Path | None = None, pool_size: int = 16):
+                 document_root: Path | None = None, pool_size: int = 16, deadline_s: float | None = None,
+                 max_pixels_in_flight: int = DEFAULT_PIXELS_IN_FLIGHT):
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
+        self.label_studio_origin: Origin | None = origin_or_none(self.label_studio_url)
         self.auth = auth
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s if deadline_s is not None else timeout_s * 3
         self.max_bytes = max_bytes
         self.max_image_pixels = max_image_pixels
+        self.pixel_budget = PixelBudget.shared(max_pixels_in_flight)
         self.max_text_chars = max_text_chars
         self.allowed_hosts = tuple(allowed_hosts)
         # resolved, so the containment check compares real paths
         self.document_root = Path(document_root).resolve() if document_root is not None else None
         self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+        adapter = DeadlineAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -73,7 +83,10 @@ class Fetcher:
         ref = ref.strip()
         if ref.startswith("data:"):
             return self._data_uri(ref)
-        parsed = urllib.parse.urlparse(ref)
+        try:
+            parsed = urllib.parse.urlparse(ref)
+        except ValueError as exc:  # e.g. "http://[": an unclosed IPv6 host
+            raise FetchError(f"malformed URL {_redact(ref)!r}: {exc}") from None
         if parsed.scheme in CLOUD_SCHEMES:
             return self._cloud(ref, task_id)
         if parsed.scheme in ("http", "https"):
@@ -90,9 +103,8 @@ class Fetcher:
         raise FetchError(f"unsupported URL scheme {parsed.scheme!r}")
 
     def _is_label_studio(self, url: str) -> bool:
-        if not self.label_studio_url:
-            return False
-        return urllib.parse.urlparse(url).netloc == urllib.parse.urlparse(self.label_studio_url).netloc
+        """Same scheme, host and port as LABEL_STUDIO_URL: where credentials may go."""
+        return self.label_studio_origin is not None and origin_or_none(url) == self.label_studio_origin
 
     def _data_uri(self, ref: str) -> bytes:
         header, _, payload = ref.partition(",")
@@ -114,16 +126,25 @@ class Fetcher:
         return self._http(f"{self.label_studio_url}/tasks/{task_id}/resolve/?fileuri={fileuri}", with_auth=True)
 
     def host_allowed(self, url: str) -> bool:
-        """Label Studio's host, plus ALLOWED_FETCH_HOSTS: the backend is no open proxy into the network."""
-        host = (urllib.parse.urlparse(url).hostname or "").lower()
-        if not host:
+        """Label Studio's host and port, plus ALLOWED_FETCH_HOSTS: the backend is no open proxy into the network."""
+        try:
+            self._allowed_origin(url)
+        except FetchError:
             return False
-        if self.label_studio_url and host == (urllib.parse.urlparse(self.label_studio_url).hostname or "").lower():
-            return True
-        for pattern in self.allowed_hosts:
-            if pattern == "*" or host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
-                return True
-        return False
+        return True
+
+    def _allowed_origin(self, url: str) -> Origin:
+        """The origin a request for url reaches, judged by the parser that connects; FetchError if refused."""
+        try:
+            target = origin(url)
+        except UnsafeURL as exc:
+            raise FetchError(f"refused URL {_redact(url)!r}: {exc}") from None
+        ls = self.label_studio_origin
+        if ls is not None and (target.host, target.port) == (ls.host, ls.port):
+            return target
+        if any(target.matches(pattern) for pattern in self.allowed_hosts):
+            return target
+        raise FetchError(f"host of {_redact(url)} is not Label Studio's and not in ALLOWED_FETCH_HOSTS")
 
     def _auth_headers(self, force_refresh: bool) -> dict:
         if self.auth is None:
@@ -136,10 +157,22 @@ class Fetcher:
             raise FetchError(str(exc) or type(exc).__name__) from None
 
     def _http(self, url: str, with_auth: bool) -> bytes:
+        """The body at url, within deadline_s from the first connection to the last byte, redirects included."""
+        with WATCHDOG.deadline(self.deadline_s) as download:
+            try:
+                body, error = self._follow(url, with_auth), None
+            except FetchError as exc:
+                body, error = None, exc
+        if download.expired:  # sockets shut down mid-transfer: whatever came back is incomplete
+            raise FetchError(f"{_redact(url)} not downloaded within FETCH_DEADLINE={self.deadline_s:g}s (slow server)")
+        if error is not None:
+            raise error
+        return body
+
+    def _follow(self, url: str, with_auth: bool) -> bytes:
         refreshed = False
         for _hop in range(4):  # at most 3 redirects, each checked against the allowlist
-            if not self.host_allowed(url):
-                raise FetchError(f"host of {_redact(url)} is not Label Studio's and not in ALLOWED_FETCH_HOSTS")
+            current = self._allowed_origin(url)
             headers = self._auth_headers(force_refresh=refreshed) if with_auth else {}
             try:
                 with self.session.get(url, headers=headers, timeout=self.timeout_s, stream=True,
@@ -148,31 +181,30 @@ class Fetcher:
                         refreshed = True  # access token expired early: refresh once
                         continue
                     if resp.is_redirect and resp.headers.get("Location"):
-                        target = urllib.parse.urljoin(url, resp.headers["Location"])
-                        # credentials go to Label Studio only, never along a redirect to another host
-                        with_auth = with_auth and urllib.parse.urlparse(target).netloc == urllib.parse.urlparse(url).netloc
+                        target = _join(url, resp.headers["Location"])
+                        # credentials go to Label Studio only: never along a redirect to another origin
+                        # (another host or port, or https -> http)
+                        with_auth = with_auth and origin_or_none(target) == current
                         url = target
                         continue
                     if resp.status_code != 200:
                         raise FetchError(f"HTTP {resp.status_code} for {_redact(url)}")
                     return self._read_body(resp, url)
-            except requests.RequestException as exc:
+            except (requests.RequestException, ValueError) as exc:  # ValueError: requests parsing a bad Location
                 raise FetchError(f"{type(exc).__name__} for {_redact(url)}") from None
         raise FetchError(f"too many redirects or repeated 401 for {_redact(url)}")
 
     def _read_body(self, resp, url: str) -> bytes:
-        """The response body, refused past max_bytes (declared or streamed) or when it trickles in too slowly."""
+        """The response body, refused past max_bytes (declared or streamed); the deadline is the watchdog's."""
         limit = self.max_bytes
         declared = resp.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise FetchError(f"{_redact(url)} is {int(declared)} bytes, over FETCH_MAX_BYTES={limit}")
-        chunks, size, deadline = [], 0, time.monotonic() + self.timeout_s * 3
+        chunks, size = [], 0
         for chunk in resp.iter_content(256 * 1024):
             size += len(chunk)
             if size > limit:
                 raise FetchError(f"{_redact(url)} exceeds FETCH_MAX_BYTES={limit}")
-            if time.monotonic() > deadline:
-                raise FetchError(f"{_redact(url)} download too slow")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -181,36 +213,52 @@ class Fetcher:
         """/data/local-files/?d=rel/path is read straight from disk when we share LOCAL_FILES_DOCUMENT_ROOT."""
         if self.document_root is None or not parsed.path.startswith("/data/local-files"):
             return None
-        rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]
+        rel = urllib.parse.parse_qs(parsed.query).get("d", [""])[0]  # parse_qs has decoded it: once is all
         try:
-            path = self._under_document_root(rel)
+            path = self._under_document_root(rel, unquote=False)
         except FetchError:
-            return None
-        return path if path.is_file() else None
+            return None  # not ours to read: Label Studio serves it (or says why not)
+        return path if path.exists() else None  # a FIFO exists too: _read_local refuses it without blocking
 
-    def _under_document_root(self, raw: str) -> Path:
+    def _under_document_root(self, raw: str, unquote: bool = True) -> Path:
         root = self.document_root
         if root is None:
             raise FetchError("local paths need LOCAL_FILES_DOCUMENT_ROOT")
-        raw = urllib.parse.unquote(raw)
-        candidate = Path(raw) if Path(raw).is_absolute() else root / raw
-        resolved = candidate.resolve()  # follows symlinks, so a link pointing outside is refused too
+        raw = urllib.parse.unquote(raw) if unquote else raw
+        if "\x00" in raw or len(raw) > MAX_LOCAL_PATH_CHARS:
+            raise FetchError("invalid local path (a NUL byte, or longer than PATH_MAX)")
+        try:
+            candidate = Path(raw) if Path(raw).is_absolute() else root / raw
+            resolved = candidate.resolve()  # follows symlinks, so a link pointing outside is refused too
+        except (OSError, ValueError) as exc:
+            raise FetchError(f"invalid local path ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
         if resolved != root and root not in resolved.parents:
             raise FetchError("path is outside LOCAL_FILES_DOCUMENT_ROOT")
         return resolved
 
     def _read_local(self, path: Path) -> bytes:
+        """A regular file's bytes. Opened non-blocking, then checked: a FIFO or a device never blocks a worker."""
         try:
-            size = path.stat().st_size
-            if size > self.max_bytes:
-                raise FetchError(f"file is {size} bytes, over FETCH_MAX_BYTES")
-            return path.read_bytes()
-        except OSError as exc:
-            raise FetchError(f"cannot read local file: {exc.strerror or type(exc).__name__}") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (OSError, ValueError) as exc:
+            raise FetchError(f"cannot read local file: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        with os.fdopen(fd, "rb", buffering=0) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise FetchError("local path is not a regular file (a FIFO, socket or device?)")
+            if info.st_size > self.max_bytes:
+                raise FetchError(f"file is {info.st_size} bytes, over FETCH_MAX_BYTES")
+            try:
+                data = file.read(self.max_bytes + 1)
+            except OSError as exc:
+                raise FetchError(f"cannot read local file: {exc.strerror or type(exc).__name__}") from None
+        if len(data) > self.max_bytes:
+            raise FetchError("file grew over FETCH_MAX_BYTES while read")
+        return data
 
     # -- decoded items -------------------------------------------------------------------------
     def load_image(self, ref: str, task_id: int | None = None, target_size: int = 224) -> Image.Image:
-        return decode_image(self.fetch_bytes(ref, task_id), self.max_image_pixels, target_size)
+        return decode_image(self.fetch_bytes(ref, task_id), self.max_image_pixels, target_size, self.pixel_budget)
 
     def load_text(self, value, is_url: bool = False, task_id: int | None = None) -> str:
         if is_url:
@@ -228,26 +276,13 @@ class Fetcher:
         return value[: self.max_text_chars]
 
 
-def decode_image(data: bytes, max_pixels: int, target_size: int = 224) -> Image.Image:
+def _join(url: str, location: str) -> str:
     try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise FetchError(f"image is {width}x{height}, over MAX_IMAGE_PIXELS={max_pixels} (decompression bomb?)")
-        # JPEG draft mode decodes at a reduced scale (1/2, 1/4, 1/8 in the DCT), keeping both sides >= the
-        # model's input size: big photos decode several times faster, and the resize after it has less to do.
-        if img.format == "JPEG" and target_size:
-            img.draft("RGB", (target_size, target_size))
-        img.load()
-        # most photos are RGB already: skip convert(), which would copy the whole image
-        return img if img.mode == "RGB" else img.convert("RGB")
-    except FetchError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise FetchError(f"not a decodable image ({type(exc).__name__})") from None
+        return urllib.parse.urljoin(url, location)
+    except ValueError:
+        raise FetchError(f"malformed redirect Location from {_redact(url)}") from None
 
 
 def _redact(url: str) -> str:
     """URL for logs: no query string (signed URLs and tokens live there)."""
-    parsed = urllib.parse.urlparse(url)
-    return urllib.parse.urlunparse(parsed._replace(query="", fragment=""))[:200]
+    return url.split("#", 1)[0].split("?", 1)[0][:200]  # no parsing: a malformed URL is redacted too

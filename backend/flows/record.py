@@ -26,7 +26,11 @@ def record_event(log: AnnotationLog, event: WebhookEvent) -> dict:
             log.record(project, annotation_record(event.annotation, task), label_config)
             return {"status": "accepted", "recorded": 1}
         if event.action == "ANNOTATIONS_DELETED":
-            return {"status": "accepted", "recorded": log.delete(project, event.deleted_ids, label_config)}
+            ids = event.deleted_ids  # entries without a usable id are skipped; the others are recorded
+            result = {"status": "accepted", "recorded": log.delete(project, ids, label_config)}
+            if len(ids) < len(event.annotations or []):
+                result["warning"] = f"{len(event.annotations) - len(ids)} entries without a Label Studio id skipped"
+            return result
         log.request_training(project, label_config)  # START_TRAINING
         return {"status": "accepted", "recorded": 0}
     except (ValueError, TypeError, KeyError, OverflowError) as exc:

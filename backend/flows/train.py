@@ -18,7 +18,7 @@ from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.labelconfig import Target
 from ..learn.report import write_report
 from ..learn.selection import train_and_select
-from ..state.annotations import AnnotationLog, LabeledTask
+from ..state.annotations import AnnotationLog, LabeledTask, ReconcileRefused
 from ..state.rankings import ranked_version
 from ..state.versions import ModelVersion, VersionStore
 from .predict import QueueOptions
@@ -37,6 +37,7 @@ class TrainingRun:
     model_for: Callable[[str, str | None], ProjectModel]  # (project, label_config) -> the shared model
     api: LabelStudioAPI | None  # None: Label Studio unknown, train on the log alone and rank nothing
     queue: QueueOptions
+    bound_url: str | None = None  # a /setup URL to record as working once a reconcile through it succeeds
 
 
 @dataclass
@@ -83,11 +84,20 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
 
 
 def reconcile(run: TrainingRun, project: str, label_config: str | None) -> list[dict]:
-    """Make Label Studio's annotations the log's truth; returns the unlabeled tasks ([] without Label Studio)."""
+    """Make Label Studio's annotations the log's truth; returns the unlabeled tasks ([] without Label Studio).
+    Raises ReconcileRefused, changing nothing, when Label Studio lists no task of a project with recorded
+    annotations, or none of its recorded labels (replace_all): likely the wrong Label Studio, not a wipe."""
     if run.api is None:
         return []
     labeled_pairs, unlabeled = run.api.tasks(int(project))
+    recorded = run.log.count(project)
+    if recorded and not labeled_pairs and not unlabeled:
+        raise ReconcileRefused(f"reconcile not applied: Label Studio lists no task of project {project}, which "
+                               f"has {recorded} recorded annotations; is the project bound to the right Label "
+                               "Studio? (LABEL_STUDIO_URL, /setup)")
     run.log.replace_all(project, [annotation_record(a, t) for a, t in labeled_pairs], label_config)
+    if run.bound_url:
+        run.log.mark_reached(project, run.bound_url)
     return unlabeled
 
 

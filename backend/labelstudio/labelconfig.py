@@ -7,11 +7,14 @@ meant for the person who wrote the config.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from label_studio_sdk.label_interface import LabelInterface
 
 SUPPORTED_OBJECTS = {"image": "image", "text": "text", "hypertext": "text", "paragraphs": None}
+# <?xml version="1.0" encoding="UTF-8"?>: lxml refuses an encoding declaration in a str; the text is decoded already
+XML_DECLARATION = re.compile(r"^\ufeff?\s*<\?xml\b[^>]*\?>", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -50,11 +53,13 @@ class ParsedConfig:
     fingerprint: str  # changes whenever targets or labels change
 
 
-def parse_label_config(config: str) -> ParsedConfig:
+def parse_label_config(config: str, max_choices: int | None = None) -> ParsedConfig:
+    """The targets of a labeling config; ConfigError for one we cannot serve. ``max_choices`` caps the
+    options of each <Choices> (every option costs prompt encodings when the model loads)."""
     if not isinstance(config, str) or not config.strip():
         raise ConfigError("the labeling config is empty")
     try:
-        interface = LabelInterface(config)
+        interface = LabelInterface(XML_DECLARATION.sub("", config, count=1))
     except Exception as exc:  # the SDK raises several XML/validation error types
         raise ConfigError(f"the labeling config is not valid XML: {exc}") from None
 
@@ -64,6 +69,10 @@ def parse_label_config(config: str) -> ParsedConfig:
         if control.tag.lower() != "choices":
             skipped.append(f"<{control.tag} name={control.name!r}>")
             continue
+        if len(control.to_name) > 1:  # one from_name would name several targets (heads are per from_name)
+            raise ConfigError(f"<Choices name={control.name!r}> points to several objects "
+                              f"(toName={','.join(control.to_name)!r}); this backend serves a <Choices> bound "
+                              "to one <Image> or <Text>")
         for to_name in control.to_name:
             obj = interface.objects.get(to_name) if isinstance(interface.objects, dict) else None
             if obj is None:
@@ -79,6 +88,10 @@ def parse_label_config(config: str) -> ParsedConfig:
             labels = _choice_labels(control)
             if len(labels) < 2:
                 raise ConfigError(f"<Choices name={control.name!r}> needs at least two <Choice> options")
+            if max_choices is not None and len(labels) > max_choices:
+                raise ConfigError(f"<Choices name={control.name!r}> has {len(labels)} options; this backend "
+                                  f"serves at most MAX_CHOICES={max_choices} (each option is encoded from "
+                                  "several prompts when the model loads: raise MAX_CHOICES to allow more)")
             targets.append(Target(
                 from_name=control.name,
                 to_name=to_name,

@@ -1,15 +1,14 @@
 """Per-process services: the one place where settings become components.
 
 One `Services` per process (web worker or RQ worker): the embedding store, the annotation log, the
-version store, one ProjectModel per (project, labeling config) shared by request threads, and what
-each project's /setup told us about its Label Studio.
+version store, the ProjectModels shared by request threads (models.py: bounded, warmed up on a small
+pool), and what each project's /setup told us about its Label Studio (connections.py).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 
 from ..config import Settings
 from ..embed.encoders import EncoderSpec
@@ -21,6 +20,8 @@ from ..flows.train import TrainingRun
 from ..labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from ..state.annotations import AnnotationLog
 from ..state.versions import VersionStore
+from .connections import Connection, Connections
+from .models import ModelCache, WarmUps
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,17 @@ def queue_options(settings: Settings) -> QueueOptions:
                         view=settings.queue_view, uncertainty_sampling=settings.uncertainty_sampling)
 
 
-def fetcher_kwargs(settings: Settings, url: str | None = None, token: str | None = None) -> dict:
-    """Fetcher(**fetcher_kwargs(...)): Label Studio's URL and token are the environment's, else /setup's."""
-    url = url or settings.label_studio_url
-    token = token or settings.label_studio_api_key
+def fetcher_kwargs(settings: Settings, connection: Connection | None = None) -> dict:
+    """Fetcher(**fetcher_kwargs(...)): Label Studio's URL and token are the connection's (default: the
+    environment's); a token only ever goes with the URL it came with (connections.py)."""
+    connection = connection or Connection.environment(settings)
+    url, token = connection.url, connection.token if connection.url else None
     return {"label_studio_url": url, "auth": LabelStudioAuth(url, token, settings.fetch_timeout_s) if token else None,
             "timeout_s": settings.fetch_timeout_s, "max_bytes": settings.fetch_max_bytes,
             "max_image_pixels": settings.max_image_pixels, "max_text_chars": settings.max_text_chars,
             "allowed_hosts": settings.allowed_fetch_hosts, "document_root": settings.local_files_document_root,
-            "pool_size": max(8, settings.fetch_workers * 2)}
+            "pool_size": max(8, settings.fetch_workers * 2), "deadline_s": settings.fetch_deadline_s,
+            "max_pixels_in_flight": settings.decode_pixels_in_flight}
 
 
 def store_kwargs(settings: Settings) -> dict:
@@ -63,12 +66,11 @@ class Services:
         self.log = AnnotationLog(settings.model_dir / "annotations.sqlite3", settings.annotation_log_journal)
         self.versions = VersionStore(settings.model_dir)
         self.queue = queue_options(settings)
+        self.connections = Connections(settings, self.log)
         self._store: EmbeddingStore | None = None
-        self._models: dict[tuple[str, str], ProjectModel] = {}
-        self._configs: dict[str, str] = {}  # project -> last label_config seen (from /setup)
-        self._connections: dict[str, tuple[str | None, str | None]] = {}  # project -> (url, token) from /setup
+        self._models = ModelCache(self._build, settings.max_project_models, settings.project_model_idle_s)
+        self._warm_ups = WarmUps()
         self._lock = threading.Lock()
-        self._building: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
     @property
     def store(self) -> EmbeddingStore | None:
@@ -83,43 +85,51 @@ class Services:
 
     # -- what /setup taught us -----------------------------------------------------------------
     def remember(self, project: str, label_config: str | None, url: str | None, token: str | None) -> None:
-        with self._lock:
-            if label_config:
-                self._configs[project] = label_config
-            if url or token:
-                self._connections[project] = (url, token)
+        """What /setup sent. Raises BindingConflict when the project already reached another Label Studio
+        (connections.py), ConfigError for a config we cannot serve; a servable config is kept in the
+        annotation log (served after a restart without another /setup)."""
+        before = self.connection(project)
+        self.connections.learn(project, url, token)
+        connection = self.connection(project)
+        if connection != before:  # models built earlier download with the new URL and token from now on
+            for model in self._models.models(project):
+                model.fetcher = Fetcher(**fetcher_kwargs(self.settings, connection))
+        if label_config:
+            self.model(project, label_config)  # validates the config (ConfigError) before it is kept
+            if label_config != self.log.generations(project)[2]:
+                self.log.set_label_config(project, label_config)
 
-    def connection(self, project: str) -> tuple[str | None, str | None]:
-        """Label Studio URL and token: the environment's, else what /setup sent for this project."""
-        url, token = self._connections.get(str(project), (None, None))
-        return self.settings.label_studio_url or url, self.settings.label_studio_api_key or token
+    def connection(self, project: str) -> Connection:
+        return self.connections.connection(str(project))
 
     def api(self, project: str) -> LabelStudioAPI | None:
-        url, key = self.connection(project)
-        return LabelStudioAPI(url, key) if url and key else None
+        connection = self.connection(project)
+        return LabelStudioAPI(connection.url, connection.token) if connection.complete else None
 
     # -- models --------------------------------------------------------------------------------
     def model(self, project: str, label_config: str | None = None) -> ProjectModel:
-        """The shared ProjectModel of the project's labeling config (the request's, else the last known)."""
-        label_config = label_config or self._configs.get(project) or self.log.generations(project)[2]
+        """The shared ProjectModel of the project's labeling config (the request's, else the last known:
+        /setup's or a webhook's, kept in the annotation log)."""
+        label_config = label_config or self.log.generations(project)[2]
         if not label_config:
             raise UnknownConfig("label_config is missing and /setup was not called for this project")
-        key = (project, hashlib.sha1(label_config.encode()).hexdigest())
-        if key in self._models:
-            return self._models[key]
-        with self._building[key]:  # concurrent first requests build the model once
-            if key not in self._models:
-                self._models[key] = ProjectModel(
-                    project, label_config, encoders=encoder_spec(self.settings), store=self.store,
-                    fetcher=Fetcher(**fetcher_kwargs(self.settings, *self.connection(project))), versions=self.versions,
-                    fetch_workers=self.settings.fetch_workers)
-            return self._models[key]
+        return self._models.get(project, label_config)
+
+    def _build(self, project: str, label_config: str) -> ProjectModel:
+        return ProjectModel(project, label_config, encoders=encoder_spec(self.settings), store=self.store,
+                            fetcher=Fetcher(**fetcher_kwargs(self.settings, self.connection(project))),
+                            versions=self.versions, fetch_workers=self.settings.fetch_workers,
+                            max_choices=self.settings.max_choices)
+
+    def warm_up(self, model: ProjectModel) -> bool:
+        """Load the model's encoders and label prompts in the background (one small pool per process)."""
+        return self._warm_ups.submit(model)
 
     def models(self) -> list[ProjectModel]:
-        return list(self._models.values())
+        return self._models.models()
 
     def stats(self) -> dict:
-        total: Counter = Counter()
+        total: Counter = Counter(self._models.retired_stats)
         for model in self.models():
             total.update(model.stats)
         return dict(total)
@@ -133,5 +143,6 @@ class Services:
         return serving
 
     def training_run(self, project: str) -> TrainingRun:
+        connection = self.connection(project)
         return TrainingRun(log=self.log, versions=self.versions, model_for=self.model, api=self.api(project),
-                           queue=self.queue)
+                           queue=self.queue, bound_url=connection.url if connection.from_setup else None)

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS projects (
     trained_generation INTEGER NOT NULL DEFAULT 0
 );
 """
+# Columns added after the first release: ALTER TABLE adds them to an older log on open.
+PROJECT_COLUMNS = {
+    "ls_url": "TEXT",  # the Label Studio URL /setup bound the project to (never a token)
+    "ls_reached_at": "REAL",  # when a reconcile through ls_url last succeeded; NULL: never
+}
 
 
 # A newer write of the same annotation replaces it (and revives it if it was marked deleted).
@@ -49,6 +54,16 @@ UPSERT = (
     "labels=excluded.labels, cancelled=excluded.cancelled, deleted=0, "
     "updated_at=MAX(updated_at, excluded.updated_at)"
 )
+
+
+class ReconcileRefused(ValueError):
+    """A reconcile would have thrown away every recorded label: not applied; the message says why."""
+
+
+class Binding(NamedTuple):
+    """Which Label Studio URL a project is bound to, and whether that URL has answered."""
+    url: str | None
+    reached_at: float | None  # None: nothing has reached Label Studio through this URL yet
 
 
 class AnnotationRecord(NamedTuple):
@@ -83,7 +98,17 @@ class AnnotationLog:
         self._db.execute(f"PRAGMA journal_mode={journal_mode.upper()}")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_columns()
         self._lock = threading.Lock()
+
+    def _add_columns(self) -> None:
+        for name, kind in PROJECT_COLUMNS.items():
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(projects)")}
+            if name not in present:
+                try:
+                    self._db.execute(f"ALTER TABLE projects ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError:  # another process added it first
+                    pass
 
     def _bump(self, project: str, label_config: str | None) -> None:
         self._db.execute(
@@ -125,13 +150,51 @@ class AnnotationLog:
             self._bump(project, label_config)
 
     def replace_all(self, project: str, records: list[AnnotationRecord], label_config: str | None = None) -> None:
-        """Reconcile with Label Studio: its annotations become the whole truth for the project."""
+        """Reconcile with Label Studio: its annotations become the whole truth for the project. Raises
+        ReconcileRefused (and changes nothing) when that would delete every recorded label: a Label
+        Studio that knows none of them is more likely the wrong one than a project emptied unseen."""
         with self._transaction():
+            labeled = {row[0] for row in self._db.execute(
+                "SELECT annotation_id FROM annotations WHERE project = ? AND deleted = 0 AND cancelled = 0 "
+                "AND labels != '{}'", (project,))}
+            if labeled and labeled.isdisjoint(int(r.annotation_id) for r in records):
+                raise ReconcileRefused(
+                    f"reconcile not applied: Label Studio lists {len(records)} labeled tasks and none of the "
+                    f"{len(labeled)} annotations recorded for project {project}; is the project bound to the "
+                    "right Label Studio? (LABEL_STUDIO_URL, /setup)")
             self._db.execute("UPDATE annotations SET deleted = 1 WHERE project = ?", (project,))
             now = time.time()
             self._db.executemany(UPSERT, [_row(project, r, now) for r in records])
             if label_config:
                 self._db.execute("UPDATE projects SET label_config = ? WHERE project = ?", (label_config, project))
+
+    def set_label_config(self, project: str, label_config: str) -> None:
+        """The labeling config /setup sent: served after a restart without another /setup."""
+        with self._lock:
+            self._db.execute("INSERT INTO projects (project, label_config) VALUES (?, ?) ON CONFLICT(project) "
+                             "DO UPDATE SET label_config = excluded.label_config", (project, label_config))
+
+    def binding(self, project: str) -> Binding:
+        with self._lock:
+            row = self._db.execute("SELECT ls_url, ls_reached_at FROM projects WHERE project = ?",
+                                   (project,)).fetchone()
+        return Binding(*row) if row else Binding(None, None)
+
+    def bind(self, project: str, url: str) -> None:
+        """Bind the project to a Label Studio URL; a new URL has not reached Label Studio yet."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO projects (project, ls_url) VALUES (?, ?) ON CONFLICT(project) DO UPDATE SET "
+                "ls_url = excluded.ls_url, ls_reached_at = CASE WHEN ls_url IS excluded.ls_url "
+                "THEN ls_reached_at END", (project, url))
+
+    def mark_reached(self, project: str, url: str) -> None:
+        """A reconcile through this URL succeeded: the binding works."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO projects (project, ls_url, ls_reached_at) VALUES (?, ?, ?) ON CONFLICT(project) "
+                "DO UPDATE SET ls_url = excluded.ls_url, ls_reached_at = excluded.ls_reached_at",
+                (project, url, time.time()))
 
     def labeled_tasks(self, project: str) -> list[LabeledTask]:
         """The latest live, non-cancelled annotation of every task (one label set per task)."""

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     port: int = _env("PORT", 9090, ge=1)
     basic_auth_user: str | None = _env("BASIC_AUTH_USER")
     basic_auth_pass: str | None = _env("BASIC_AUTH_PASS", repr=False)
+    # accepted on /webhook instead of basic auth, in an X-Webhook-Secret header (Label Studio's webhooks
+    # carry no basic auth: add the header to the project's webhook); needs BASIC_AUTH_USER
+    webhook_secret: str | None = _env("WEBHOOK_SECRET", repr=False)
     log_level: str = _env("LOG_LEVEL", "INFO")
     # storage
     model_dir: Path = _env("MODEL_DIR", Path("./models"))
@@ -72,20 +75,37 @@ class Settings(BaseSettings):
     text_model: str = _env("TEXT_MODEL", "sentence-transformers/all-MiniLM-L6-v2")
     device: str = _env("DEVICE", "auto")
     batch_size: int = _env("BATCH_SIZE", 64, ge=1)
+    # heavy configs: options per <Choices> (each is encoded from several prompts when a model loads), and
+    # the models (project, config) a process keeps: the least recently used and the idle ones are dropped
+    max_choices: int = _env("MAX_CHOICES", 100, ge=2)
+    max_project_models: int = _env("MAX_PROJECT_MODELS", 32, ge=1)
+    project_model_idle_s: float = _env("PROJECT_MODEL_IDLE_S", 6 * 3600.0, ge=1.0)
     # fetching task data
     local_files_document_root: Path | None = _env("LOCAL_FILES_DOCUMENT_ROOT")
     fetch_timeout_s: float = _env("FETCH_TIMEOUT", 10.0, ge=0.1)
     fetch_max_bytes: int = _env("FETCH_MAX_BYTES", 50 * 1024 * 1024, ge=1)
-    max_image_pixels: int = _env("MAX_IMAGE_PIXELS", 64_000_000, ge=1)
+    fetch_deadline_s: float = _env("FETCH_DEADLINE", 30.0, ge=0.1)  # a whole download, however slowly it trickles
+    # pixels a decode may produce (after JPEG draft scaling): 4000x4000 is far more than CLIP looks at
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS", 16_000_000, ge=1)
+    decode_pixels_in_flight: int = _env("DECODE_PIXELS_IN_FLIGHT", 64_000_000, ge=1)  # decoded at once, per process
     fetch_workers: int = _env("FETCH_WORKERS", 8, ge=1)
     max_text_chars: int = _env("MAX_TEXT_CHARS", 20_000, ge=1)
     # hosts task URLs may point to, besides Label Studio's own ("*" = any, "*.example.com" = subdomains)
     allowed_fetch_hosts: tuple[str, ...] = _env("ALLOWED_FETCH_HOSTS", ())
+    # /predict and /search at once per worker process (default THREADS - 2, at least 1), so that /health
+    # and /webhook always find a free gunicorn thread; a request that waits PREDICT_SLOT_WAIT s gets 503
+    threads: int = _env("THREADS", 8, ge=1)
+    predict_concurrency: int | None = _env("PREDICT_CONCURRENCY", None, ge=1)
+    predict_slot_wait_s: float = _env("PREDICT_SLOT_WAIT", 1.0, ge=0.0)
     # labeling queue
     queue_strategy: str = _env("QUEUE_STRATEGY", "boundary")
     queue_batch: int = _env("QUEUE_BATCH", 50, ge=1)
     queue_view: str = _env("QUEUE_VIEW", "Boundary first")  # Data Manager tab ordered by our scores ("" = none)
     uncertainty_sampling: bool = _env("UNCERTAINTY_SAMPLING", False)  # opt-in: switch to "Uncertainty sampling"
+    # pre-annotation: /predict answers within this many seconds (Label Studio gives up after its
+    # ML_TIMEOUT_PREDICT, 100 s by default); what is not done by then is imported in the background
+    predict_timeout_s: float = _env("PREDICT_TIMEOUT", 80.0, ge=1.0)
+    preannotate_imports: bool = _env("PREANNOTATE_IMPORTS", True)  # TASKS_CREATED -> predictions, no user action
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -206,6 +226,9 @@ class Settings(BaseSettings):
     def _basic_auth_pair(self) -> Settings:
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.webhook_secret and not self.basic_auth_user:
+            raise ValueError("WEBHOOK_SECRET is accepted on /webhook in place of basic auth: set BASIC_AUTH_USER "
+                             "and BASIC_AUTH_PASS too (without them every endpoint is open)")
         return self
 
 

@@ -6,10 +6,9 @@ heads, the embedding store) lives in the process's Runtime and is shared by ever
 from __future__ import annotations
 
 import logging
-import threading
 
-from .flows.predict import predict
-from .flows.project_model import ModelLoadError, ProjectModel
+from .flows.preannotate import predict_in_time
+from .flows.project_model import ProjectModel
 from .flows.record import record_event
 from .flows.search import search
 from .labelstudio.protocol import parse_webhook
@@ -40,16 +39,28 @@ class ClipClassifier:
         few seconds), and rank the queue from zero-shot before the first annotation (cold start)."""
         self.services.remember(self.project_id, self.label_config, hostname, access_token)
         model = self.model
-        threading.Thread(target=_warm_up, args=(model,), name="warm-up").start()
-        if all(self.services.connection(self.project_id)) and not model.trained \
+        self.services.warm_up(model)  # a small pool per process, not a thread per /setup
+        if self.services.connection(self.project_id).complete and not model.trained \
                 and ranked_version(self.services.settings.model_dir, self.project_id) != model.model_version:
             self.services.log.request_training(self.project_id, self.label_config)
             self.runtime.scheduler.notify(self.project_id)
         return model.model_version
 
     def predict(self, tasks: list, context: dict | None = None, **kwargs) -> list:
-        """One entry per task: a prediction whose score is the task's queue priority, or []."""
-        return predict(self.model, tasks, self.services.queue)
+        """One entry per task: a prediction whose score is the task's queue priority, or [] for a task
+        that has no item or is not ready within PREDICT_TIMEOUT (then imported in the background)."""
+        results, late = predict_in_time(self.model, tasks, self.services.queue,
+                                        self.services.settings.predict_timeout_s)
+        if late:
+            self.runtime.preannotator.submit(self.project_id, self.label_config, late)
+        return results
+
+    def preannotate(self, tasks: list) -> int:
+        """Newly imported tasks: embed, predict and import them in the background (unless
+        PREANNOTATE_IMPORTS=false); returns how many were queued."""
+        if not self.services.settings.preannotate_imports:
+            return 0
+        return self.runtime.preannotator.submit(self.project_id, self.label_config, tasks)
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """A webhook event (ANNOTATION_CREATED, ...) and its payload: record it durably, retrain in the
@@ -62,12 +73,3 @@ class ClipClassifier:
         """The k unlabeled embedded tasks most similar to a text query."""
         labeled = {t.task_id for t in self.services.log.labeled_tasks(self.project_id)}
         return search(self.model, query, k, exclude_task_ids=labeled, to_name=to_name)
-
-
-def _warm_up(model: ProjectModel) -> None:
-    try:
-        model.load()
-    except ModelLoadError as exc:
-        logger.error("project %s: %s", model.project_id, exc)
-    except Exception:
-        logger.exception("loading the model for project %s failed", model.project_id)

@@ -36,6 +36,7 @@ from ..embed.fetch import Fetcher
 from ..embed.store import open_store
 from ..flows.project_model import ProjectModel
 from ..labelstudio.client import LabelStudioAPI
+from ..runtime.connections import Connection
 from ..runtime.services import encoder_spec, fetcher_kwargs, store_kwargs
 from ..state.versions import VersionStore
 
@@ -134,6 +135,8 @@ def folder_source(args, settings: Settings, fail) -> Source:
         fail(f"no {'image' if kind == 'image' else '.txt'} files under {folder}")
     config_path = args.label_config or REPO / "label_config" / (
         "image_classification.xml" if kind == "image" else "text_classification.xml")
+    if not config_path.is_file():  # installed from a wheel: the checkout's label_config/ is not there
+        fail(f"no labeling config at {config_path}: pass --label-config <file.xml>")
     return Source(
         tasks=iter(tasks), total=len(tasks), label_config=config_path.read_text(),
         store_project=args.store_project or f"folder-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}",
@@ -161,8 +164,13 @@ def project_model(source: Source) -> ProjectModel:
     settings = source.settings
     return ProjectModel(source.store_project, source.label_config, encoders=encoder_spec(settings),
                         store=open_store(**store_kwargs(settings)),
-                        fetcher=Fetcher(**fetcher_kwargs(settings, source.url, source.api_key)),
+                        fetcher=Fetcher(**fetcher_kwargs(settings, _connection(source))),
                         versions=VersionStore(settings.model_dir), fetch_workers=settings.fetch_workers)
+
+
+def _connection(source: Source) -> Connection | None:
+    """The Label Studio the command line named (its URL with its key); None: the environment's."""
+    return Connection(source.url, source.api_key, "cli") if source.url else None
 
 
 def embed_all(model: ProjectModel, task_iter: Iterator[dict], chunk_size: int, bar: _Bar) -> tuple[int, bool]:

@@ -27,9 +27,12 @@ class QueueOptions:
     uncertainty_sampling: bool = False
 
 
-def predict(model: ProjectModel, tasks: list, queue: QueueOptions, progress=None) -> list:
-    """One entry per task, in order: a prediction dict, or [] when no prediction could be made."""
-    inferred = model.infer(tasks, progress=progress)
+def predict(model: ProjectModel, tasks: list, queue: QueueOptions, progress=None,
+            inferred: dict[str, Inference] | None = None) -> list:
+    """One entry per task, in order: a prediction dict, or [] when no prediction could be made.
+    ``inferred``: the tasks' inferences when the caller has them already (model.infer(tasks))."""
+    if inferred is None:
+        inferred = model.infer(tasks, progress=progress)
     saved = saved_priorities(queue.model_dir, model.project_id, model.model_version)
     unranked = [t for t in tasks if task_id(t) not in saved]
     batch = priorities(model, tasks, inferred, queue.strategy, queue.batch) if len(unranked) > 1 else {}

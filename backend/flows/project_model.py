@@ -48,9 +48,10 @@ class Inference:
 
 class ProjectModel:
     def __init__(self, project_id: str, label_config: str, *, encoders: EncoderSpec,
-                 store: EmbeddingStore | None, fetcher: Fetcher, versions: VersionStore, fetch_workers: int = 8):
+                 store: EmbeddingStore | None, fetcher: Fetcher, versions: VersionStore, fetch_workers: int = 8,
+                 max_choices: int | None = None):
         self.project_id = str(project_id)
-        self.config = parse_label_config(label_config)  # raises ConfigError for configs we cannot serve
+        self.config = parse_label_config(label_config, max_choices)  # ConfigError for configs we cannot serve
         self.encoder_spec = encoders
         self.store = store
         self.fetcher = fetcher
@@ -146,18 +147,26 @@ class ProjectModel:
         ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
         return [i for i, _ in ok], [e for _, e in ok]
 
-    def infer(self, tasks: list, progress=None) -> dict[str, Inference]:
-        """Per target (from_name): which tasks have an item, their embeddings, the head and its probabilities."""
+    def embed_tasks(self, tasks: list, progress=None) -> dict[str, tuple[list[int], list[np.ndarray]]]:
+        """Per target (from_name): the positions of the tasks that have its item, and their embeddings."""
         self.refresh()
+        return {target.from_name: self.embed(target, tasks, progress=progress) for target in self.config.targets}
+
+    def infer_embedded(self, embedded: dict[str, tuple[list[int], list[np.ndarray]]]) -> dict[str, Inference]:
+        """Apply the serving heads to embeddings from embed_tasks."""
         out = {}
         for target in self.config.targets:
-            indices, embeddings = self.embed(target, tasks, progress=progress)
+            indices, embeddings = embedded.get(target.from_name, ([], []))
             if not indices:
                 continue
             head = self.head(target)
             E = np.stack(embeddings)
-            out[target.from_name] = Inference(target, indices, E, head, head.predict_proba(E))
+            out[target.from_name] = Inference(target, list(indices), E, head, head.predict_proba(E))
         return out
+
+    def infer(self, tasks: list, progress=None) -> dict[str, Inference]:
+        """Per target (from_name): which tasks have an item, their embeddings, the head and its probabilities."""
+        return self.infer_embedded(self.embed_tasks(tasks, progress=progress))
 
     def _load_item(self, item: Item, target: Target):
         if target.modality == "image":

@@ -8,7 +8,9 @@ returns the score Label Studio already sorts by.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import defaultdict
 
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
@@ -29,26 +31,39 @@ def publish_ranking(api: LabelStudioAPI, project: str, model: ProjectModel, unla
     inferred = model.infer(unlabeled)
     ranked = priorities(model, unlabeled, inferred, queue.strategy, queue.batch, labeled)
     predictions = to_predictions(unlabeled, inferred, ranked, version)
-    # tasks that got a prediction of this version meanwhile ("Retrieve predictions" while we ranked)
-    # keep it: Label Studio would show two
-    already = api.tasks_predicted_by(int(project), version) if unlabeled else set()
-    rows = [{"task": task["id"], **p} for task, p in zip(unlabeled, predictions) if p and task["id"] not in already]
-    pushed = {row["task"] for row in rows}
+    rows = [{"task": task["id"], **p} for task, p in zip(unlabeled, predictions) if p]
     strategy = queue.strategy if model.trained else ColdStart.name
-    save_ranking(queue.model_dir, project, version, strategy, {t: p for t, p in ranked.items() if t in pushed})
     changes = {}  # the project is set up first, so a project showing our version is fully set up
     if queue.view:
         changes["view"] = api.ensure_view(int(project), queue.view, ["tasks:predictions_score"], UNLABELED_FILTER)
     if queue.uncertainty_sampling:
         changes["sampling"] = switch_sampling_once(api, project, queue)
-    api.push_predictions(int(project), rows)
-    # uncertainty sampling and the score column only look at predictions of the project's model_version
-    api.set_model_version(int(project), version)
-    deleted = delete_superseded(api, project, version)
-    summary = {"model_version": version, "strategy": strategy, "ranked": len(rows), "skipped": len(already),
+    pushed, already = push_new(api, project, rows, version)
+    save_ranking(queue.model_dir, project, version, strategy, {t: p for t, p in ranked.items() if t in pushed})
+    deleted = 0
+    if pushed or already:  # Label Studio refuses a model_version that no prediction carries (empty project)
+        # uncertainty sampling and the score column only look at predictions of the project's model_version
+        api.set_model_version(int(project), version)
+        deleted = delete_superseded(api, project, version)
+    summary = {"model_version": version, "strategy": strategy, "ranked": len(pushed), "skipped": len(already),
                "deleted": deleted, "seconds": round(time.perf_counter() - started, 3), **changes}
     logger.info("project %s: queue re-ranked: %s", project, summary)
     return summary
+
+
+_push_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+def push_new(api: LabelStudioAPI, project: str, rows: list[dict], version: str) -> tuple[set[int], set[int]]:
+    """Import prediction rows of ``version``, leaving out tasks that hold one already ("Retrieve
+    predictions" or background pre-annotation got there first: Label Studio would show two).
+    Returns (task ids imported, task ids skipped). The look and the import are one step per project
+    within this process, so a training run and background pre-annotation never import the same task."""
+    with _push_locks[str(project)]:
+        already = api.tasks_with_prediction(int(project), [r["task"] for r in rows], version)
+        fresh = [r for r in rows if r["task"] not in already]
+        api.push_predictions(int(project), fresh)
+    return {r["task"] for r in fresh}, already
 
 
 def delete_superseded(api: LabelStudioAPI, project: str, current: str) -> int:

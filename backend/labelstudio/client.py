@@ -3,6 +3,7 @@ label-studio-sdk, which also exchanges personal access tokens) and the Authoriza
 downloading task data (LabelStudioAuth)."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -54,15 +55,15 @@ class LabelStudioAPI:
     def set_model_version(self, project: int, model_version: str) -> None:
         self.client.projects.update(id=int(project), model_version=model_version)
 
-    def tasks_predicted_by(self, project: int, model_version: str) -> set[int]:
-        """Ids of the project's tasks that have a prediction of this model version."""
+    def tasks_with_prediction(self, project: int, task_ids: list[int], model_version: str) -> set[int]:
+        """Which of these tasks hold a prediction of this model version (one listing of just them)."""
+        if not task_ids:
+            return set()
+        selected = json.dumps({"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}})
         found = set()
-        for task in self._all_tasks(project):
-            for p in task.predictions or []:
-                version = p.get("model_version") if isinstance(p, dict) else getattr(p, "model_version", None)
-                if version == model_version:
-                    found.add(task.id)
-                    break
+        for task in self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500):
+            if any(_version_of(p) == model_version for p in task.predictions or []):
+                found.add(task.id)
         return found
 
     def model_versions(self, project: int) -> dict[str, int]:
@@ -102,6 +103,10 @@ class LabelStudioAPI:
             data["filters"] = filters
         self.client.views.create(project=int(project), data=data)
         return "created"
+
+
+def _version_of(prediction) -> str | None:
+    return prediction.get("model_version") if isinstance(prediction, dict) else getattr(prediction, "model_version", None)
 
 
 def is_personal_access_token(token: str) -> bool:

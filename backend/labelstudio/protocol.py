@@ -14,7 +14,9 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 UNLABELED_FILTER = {"conjunction": "and", "items": [
     {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}
 # webhook events that change what a training run sees
+MAX_ID = 2**63 - 1  # the largest id SQLite (INTEGER) and the vector store (int metadata) keep
 TRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
+TASKS_CREATED = "TASKS_CREATED"  # imported tasks: pre-annotated in the background
 
 
 class ProtocolError(ValueError):
@@ -38,9 +40,23 @@ def project_id(raw: Any) -> str:
 
 
 def task_id(task: Any) -> int | None:
-    """A task's integer id; None for a task without one (e.g. sent inline to /predict)."""
+    """A task's integer id; None for a task without one (e.g. sent inline to /predict) or whose id no
+    store can keep (a list, a bool, a number outside 0..2**63-1)."""
     found = task.get("id") if isinstance(task, dict) else None
-    return found if isinstance(found, int) and not isinstance(found, bool) else None
+    return found if isinstance(found, int) and label_studio_id(found) is not None else None
+
+
+def label_studio_id(value: Any) -> int | None:
+    """An id as Label Studio sends it (an integer; an integral float or a digit string also) within
+    what SQLite and the vector store keep (0..2**63-1); None for anything else (bool, inf, 1e300, [1])."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        value = int(value) if value.is_integer() else None  # inf and nan are not integers
+    elif isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else None
+    return value if isinstance(value, int) and 0 <= value <= MAX_ID else None
 
 
 # -- annotations ------------------------------------------------------------------------------------
@@ -67,9 +83,15 @@ class AnnotationFields(NamedTuple):
 
 def annotation_fields(annotation: dict, task: dict) -> AnnotationFields:
     """What the annotation log keeps of an annotation and its task (from a webhook or the API).
-    Raises KeyError, TypeError or ValueError on a payload without usable ids."""
-    task_number = int(task.get("id") or annotation["task"])
-    return AnnotationFields(int(annotation["id"]), task_number, task.get("data") or {},
+    Raises KeyError or ValueError on a payload without usable ids."""
+    annotation_number = label_studio_id(annotation["id"])
+    if annotation_number is None:
+        raise ValueError("the annotation's id is not a Label Studio id (an integer from 0 to 2**63-1)")
+    task_number = label_studio_id(task.get("id"))
+    task_number = label_studio_id(annotation.get("task")) if task_number is None else task_number
+    if task_number is None:
+        raise ValueError("neither the task nor the annotation carries a Label Studio task id")
+    return AnnotationFields(annotation_number, task_number, task.get("data") or {},
                             choices_from_result(annotation.get("result")), bool(annotation.get("was_cancelled")))
 
 
@@ -96,11 +118,14 @@ class WebhookEvent:
     annotation: Any = None  # ANNOTATION_CREATED / ANNOTATION_UPDATED
     task: Any = None
     annotations: Any = None  # ANNOTATIONS_DELETED
+    tasks: Any = None  # TASKS_CREATED: the imported tasks, with their data
 
     @property
-    def deleted_ids(self) -> list:
-        """Ids of the deleted annotations; raises TypeError if ``annotations`` is not a list of objects."""
-        return [a["id"] for a in self.annotations or [] if isinstance(a, dict) and "id" in a]
+    def deleted_ids(self) -> list[int]:
+        """Ids of the deleted annotations (entries without a Label Studio id are skipped, the others
+        still count); raises TypeError if ``annotations`` is not a list."""
+        ids = (label_studio_id(a.get("id")) for a in self.annotations or [] if isinstance(a, dict))
+        return [i for i in ids if i is not None]
 
 
 def parse_webhook(body: Any) -> WebhookEvent:
@@ -109,7 +134,7 @@ def parse_webhook(body: Any) -> WebhookEvent:
     if not isinstance(body, dict):
         raise ProtocolError("the request body must be a JSON object")
     action = body.get("action")
-    if not isinstance(action, str) or action not in TRAIN_EVENTS:
+    if not isinstance(action, str) or action not in TRAIN_EVENTS | {TASKS_CREATED}:
         raise IgnoredEvent(f"unknown event {action!r}")
     project = body.get("project")
     if project in (None, ""):
@@ -117,7 +142,7 @@ def parse_webhook(body: Any) -> WebhookEvent:
     info = project if isinstance(project, dict) else {"id": project}
     return WebhookEvent(action=action, project=project_id(info.get("id")),
                         label_config=_servable(info.get("label_config")), annotation=body.get("annotation"),
-                        task=body.get("task"), annotations=body.get("annotations"))
+                        task=body.get("task"), annotations=body.get("annotations"), tasks=body.get("tasks"))
 
 
 def _servable(label_config: Any) -> str | None:

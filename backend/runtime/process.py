@@ -1,9 +1,10 @@
-"""What one process runs on: its services and its training scheduler."""
+"""What one process runs on: its services, its training scheduler and its background pre-annotation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..config import Settings
+from .preannotation import PreAnnotator
 from .redis_jobs import RedisScheduler
 from .services import Services
 from .training import Scheduler, ThreadScheduler, TrainingLoop
@@ -19,8 +20,9 @@ def make_scheduler(services: Services) -> Scheduler:
 class Runtime:
     services: Services
     scheduler: Scheduler
+    preannotator: PreAnnotator
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
         services = Services(settings)
-        return cls(services, make_scheduler(services))
+        return cls(services, make_scheduler(services), PreAnnotator(services))

@@ -28,8 +28,9 @@ import redis
 from rq import Queue, Retry, Worker
 
 from ..config import Settings
+from .connections import BindingConflict
 from .services import Services
-from .training import TrainingLoop
+from .training import ThreadScheduler, TrainingLoop
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,9 @@ class RedisScheduler:
         return True
 
     def _connection_args(self, project: str) -> tuple:
-        # Only what /setup told this process: workers read LABEL_STUDIO_URL/API_KEY from their own environment.
-        url, token = self.loop.services.connection(project)
-        return (None if url == self.settings.label_studio_url else url,
-                None if token == self.settings.label_studio_api_key else token)
+        # Only what /setup told this process (never the environment's key): a worker pairs it with its own
+        # LABEL_STUDIO_URL/API_KEY by the same rule as here (connections.py).
+        return self.loop.services.connections.taught(project)
 
     def requeue_stalled(self) -> list[str]:
         """Queue projects with untrained changes that nobody is training or about to train."""
@@ -162,6 +162,7 @@ class RedisScheduler:
             self.redis.expire(pending, int(self.ttl) + 1)
             return f"project {project}: another worker is training it"
         self.redis.delete(pending)  # events from now on queue a new job
+        time.sleep(ThreadScheduler.burst_wait_s)  # as the thread scheduler: let a burst of events land first
         runs, failures = self.loop.runs[project], self.loop.failures[project]
         ok = self._run_locked(project, lock)
         # Events recorded after the loop's last look found the lock held or the marker set: queue them now.
@@ -226,5 +227,8 @@ def worker_scheduler(settings: Settings | None = None) -> RedisScheduler:
 def train_project(project: str, url: str | None = None, token: str | None = None) -> str:
     """The RQ job. url/token: what /setup told the web app, used when the worker's environment has none."""
     scheduler = worker_scheduler()
-    scheduler.loop.services.remember(project, None, url, token)
+    try:
+        scheduler.loop.services.remember(project, None, url, token)
+    except BindingConflict as exc:  # bound meanwhile to the Label Studio a run reached: keep that binding
+        logger.warning("%s", exc)
     return scheduler.run_job(project)

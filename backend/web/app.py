@@ -4,7 +4,6 @@ Run with gunicorn: gunicorn 'backend.web:create_app()' (see scripts/serve.sh).
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
@@ -16,7 +15,10 @@ from ..flows.project_model import ModelLoadError
 from ..labelstudio.labelconfig import ConfigError
 from ..labelstudio.protocol import ProtocolError
 from ..runtime.process import Runtime
+from ..runtime.connections import BindingConflict
 from ..runtime.services import UnknownConfig
+from .auth import authorized
+from .limits import install_request_slots
 from .metrics import Metrics
 from .routes import BadRequest, api
 
@@ -35,11 +37,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
     runtime = Runtime.build(settings)
-    metrics = Metrics(stats=runtime.services.stats)
+    metrics = Metrics(stats=runtime.services.stats, preannotation=runtime.preannotator.status)
     app.extensions["runtime"] = runtime
     app.extensions["metrics"] = metrics
     app.register_blueprint(api)
     _add_auth_and_timing(app, settings, metrics)
+    install_request_slots(app, settings)  # after auth: /predict and /search take a slot, or get a 503
     _add_error_handlers(app, metrics)
     resumed = runtime.scheduler.start()  # annotations recorded before a restart are trained on now
     if resumed:
@@ -52,13 +55,8 @@ def _add_auth_and_timing(app: Flask, settings: Settings, metrics: Metrics) -> No
     @app.before_request
     def _auth():
         request.environ["started"] = time.perf_counter()
-        if settings.basic_auth_user and request.path not in PUBLIC_PATHS:
-            auth = request.authorization
-            ok = auth is not None and auth.username is not None and auth.password is not None \
-                and hmac.compare_digest(auth.username, settings.basic_auth_user) \
-                and hmac.compare_digest(auth.password, settings.basic_auth_pass)
-            if not ok:
-                return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="ml-backend"'})
+        if settings.basic_auth_user and request.path not in PUBLIC_PATHS and not authorized(settings, request):
+            return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="ml-backend"'})
 
     @app.after_request
     def _timing(response):
@@ -78,6 +76,11 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     @app.errorhandler(ConfigError)
     def _bad_config(exc):
         return jsonify({"error": f"unsupported labeling config: {exc}"}), 400
+
+    @app.errorhandler(BindingConflict)
+    def _rebinding_refused(exc):
+        logger.warning("%s", exc)
+        return jsonify({"error": str(exc)}), 409
 
     @app.errorhandler(ModelLoadError)
     def _model_unavailable(exc):

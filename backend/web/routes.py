@@ -16,14 +16,16 @@ from __future__ import annotations
 import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..flows.search import SearchError
-from ..labelstudio.protocol import IgnoredEvent, parse_webhook, project_id
+from ..labelstudio.protocol import TASKS_CREATED, IgnoredEvent, parse_webhook, project_id
 from ..model import ClipClassifier
 from ..runtime.process import Runtime
 
 MAX_SEARCH_K = 1000
 MAX_QUERY_CHARS = 2000
+MAX_JSON_DEPTH = 64  # Label Studio's payloads nest a few levels; deeper bodies are refused before anything walks them
 
 api = Blueprint("api", __name__)
 
@@ -41,10 +43,27 @@ def _metrics():
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # the JSON parser recurses once per nesting level
+        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if _nested_deeper(body, MAX_JSON_DEPTH):
+        raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
     return body
+
+
+def _nested_deeper(value, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels (iterative: no recursion to overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _optional_str(body: dict, key: str, message: str) -> str | None:
@@ -121,7 +140,10 @@ def webhook():
     except IgnoredEvent as exc:  # PROJECT_UPDATED and the other events Label Studio sends us too
         return jsonify({"status": "ignored", "reason": str(exc)}), 200
     _metrics().webhook(event.action)
-    result = ClipClassifier(event.project, event.label_config, _runtime()).fit(event.action, body)
+    model = ClipClassifier(event.project, event.label_config, _runtime())
+    if event.action == TASKS_CREATED:
+        return jsonify({"status": "ok", "result": {"queued": model.preannotate(event.tasks or [])}}), 201
+    result = model.fit(event.action, body)
     return jsonify({"status": "ok", "result": result}), 201
 
 
@@ -166,12 +188,12 @@ def report_view(version):
 
 @api.get("/metrics")
 def metrics_exposition():
-    return Response(_metrics().exposition(), mimetype="text/plain; version=0.0.4; charset=utf-8")
+    return Response(_metrics().exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @api.get("/status")
 def status():
     runtime = _runtime()
     return jsonify({**_metrics().snapshot(), "process": {"pid": os.getpid(), "serving": runtime.services.serving()},
-                    "training": runtime.scheduler.status()})
+                    "training": runtime.scheduler.status(), "preannotation": runtime.preannotator.status()})
 

@@ -84,6 +84,12 @@ def test_burst_of_200_webhooks_is_acknowledged_and_trained_in_few_runs(live, sms
     resp = requests.post(live.url + "/predict", json={"tasks": [{"id": 1, "data": {"text": "hi"}}], "project": "42",
                                                      "label_config": SMS_CONFIG}).json()
     assert resp["results"][0]["model_version"] == latest.name
+    # the last run's phases, in seconds, for /status and Prometheus (no Label Studio here: nothing published)
+    last = requests.get(live.url + "/status").json()["training"]["last_run"]["42"]
+    assert last["version"] == latest.name and set(last["phases"]) == {"reconcile", "embed", "select", "save"}
+    assert all(seconds >= 0 for seconds in last["phases"].values()) and last["phases"]["select"] > 0
+    exposition = requests.get(live.url + "/metrics").text
+    assert f'clip_backend_last_run_seconds{{phase="select",project="42"}} {last["phases"]["select"]}' in exposition
 
 
 def test_annotations_arriving_during_training_are_trained_in_the_next_run(live, sms_messages):

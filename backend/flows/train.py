@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -44,6 +45,7 @@ class TrainingRun:
 class RunResult:
     version: ModelVersion | None = None  # None: no usable labels yet, zero-shot keeps serving
     ranking: dict | None = None  # the queue re-ranking's summary, when one was published
+    phases: dict[str, float] = field(default_factory=dict)  # reconcile, embed, select, save, publish: seconds
 
 
 @dataclass
@@ -56,31 +58,47 @@ class _Labeled:
 
 def train_once(run: TrainingRun, project: str, generation: int, label_config: str | None) -> RunResult:
     started = time.perf_counter()
-    unlabeled = reconcile(run, project, label_config)
-    model = run.model_for(project, label_config)
-    model.load()
-    rows = run.log.labeled_tasks(project)
-    data = {t.from_name: d for t in model.config.targets if (d := labeled_data(model, t, rows)) is not None}
-    anchors = {name: (d.embeddings, d.first) for name, d in data.items()}
     result = RunResult()
+    with _phase(result, "reconcile"):
+        unlabeled = reconcile(run, project, label_config)
+    with _phase(result, "embed"):
+        model = run.model_for(project, label_config)
+        model.load()
+        rows = run.log.labeled_tasks(project)
+        data = {t.from_name: d for t in model.config.targets if (d := labeled_data(model, t, rows)) is not None}
+    anchors = {name: (d.embeddings, d.first) for name, d in data.items()}
     if not data:
         logger.info("project %s: no usable labels yet; zero-shot keeps serving", project)
         if run.api is not None and ranked_version(run.queue.model_dir, project) != model.model_version:
-            result.ranking = _publish(run, project, model, unlabeled, anchors)  # cold start: zero-shot + typicality
+            with _phase(result, "publish"):  # cold start: zero-shot + typicality
+                result.ranking = _publish(run, project, model, unlabeled, anchors)
         return result
-    number = run.versions.next_number(project)
-    heads, reports = {}, {}
-    for target in model.config.targets:
-        if target.from_name in data:
-            heads[target.from_name], reports[target.from_name] = select_head(
-                run, project, model, target, data[target.from_name], model.version_name(number))
-    result.version = save_version(run, project, model, heads, reports, generation, len(rows), started)
-    model.refresh()
+    with _phase(result, "select"):
+        number = run.versions.next_number(project)
+        heads, reports = {}, {}
+        for target in model.config.targets:
+            if target.from_name in data:
+                heads[target.from_name], reports[target.from_name] = select_head(
+                    run, project, model, target, data[target.from_name], model.version_name(number))
+    with _phase(result, "save"):
+        result.version = save_version(run, project, model, heads, reports, generation, len(rows), started)
+        model.refresh()
     logger.info("project %s: trained %s on %d labeled tasks in %.1fs", project, result.version.name, len(rows),
                 time.perf_counter() - started)
     if run.api is not None:
-        result.ranking = _publish(run, project, model, unlabeled, anchors)
+        with _phase(result, "publish"):
+            result.ranking = _publish(run, project, model, unlabeled, anchors)
     return result
+
+
+@contextmanager
+def _phase(result: RunResult, name: str):
+    """Time one phase of the run into result.phases (seconds), for /status and /metrics."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        result.phases[name] = round(time.perf_counter() - started, 3)
 
 
 def reconcile(run: TrainingRun, project: str, label_config: str | None) -> list[dict]:

@@ -9,7 +9,7 @@ in-process thread. Redis only coordinates:
   <queue>:lock:<project>      one trainer per project; its value names the holder (host:pid:nonce); a short
                               TTL renewed by a heartbeat, so the lock of a worker killed mid-run expires soon
   <queue>:failed:<project>    the generation whose run failed: the watchdog leaves it to the next event
-  <queue>:runs, :failures, :last_error, :last_ranking   hashes for /status (all workers together)
+  <queue>:runs, :failures, :last_error, :last_ranking, :last_run   hashes for /status (all workers together)
 
 The web app's watchdog re-queues projects with untrained generations, a free lock and no pending job:
 that is how a run lost with its worker (kill -9, a machine gone) is redone.
@@ -145,7 +145,8 @@ class RedisScheduler:
                     "runs": {k: int(v) for k, v in decoded("runs").items()},
                     "failures": {k: int(v) for k, v in decoded("failures").items()},
                     "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0,
-                    "last_ranking": {k: json.loads(v) for k, v in decoded("last_ranking").items()}}
+                    "last_ranking": {k: json.loads(v) for k, v in decoded("last_ranking").items()},
+                    "last_run": {k: json.loads(v) for k, v in decoded("last_run").items()}}
         except redis.RedisError as exc:
             return {"mode": "rq", "queue": self.queue.name, "error": f"Redis unreachable: {exc}"}
 
@@ -196,6 +197,8 @@ class RedisScheduler:
             pipe.hincrby(self.key("runs"), project, loop.runs[project] - runs_before)
             if project in loop.last_ranking:  # the queue re-ranking happened here, in the worker
                 pipe.hset(self.key("last_ranking"), project, json.dumps(loop.last_ranking[project]))
+            if project in loop.last_run:
+                pipe.hset(self.key("last_run"), project, json.dumps(loop.last_run[project]))
             if ok:
                 pipe.delete(self.key("failed", project))
             else:

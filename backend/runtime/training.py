@@ -30,6 +30,7 @@ class TrainingLoop:
         self.failures: Counter = Counter()
         self.last_error: dict[str, str] = {}
         self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
+        self.last_run: dict[str, dict] = {}  # project -> version, generation, seconds per phase of the last run
 
     def run(self, project: str) -> bool:
         """Train until every recorded generation is trained on; False if a run failed."""
@@ -50,6 +51,9 @@ class TrainingLoop:
                 return False  # retried on the next event or restart
             if result.ranking is not None:
                 self.last_ranking[project] = result.ranking
+            self.last_run[project] = {"generation": generation, "phases": result.phases,
+                                      "seconds": round(sum(result.phases.values()), 3),
+                                      "version": result.version.name if result.version else None}
             log.mark_trained(project, generation)
             self.runs[project] += 1
 
@@ -107,5 +111,5 @@ class ThreadScheduler:
     def status(self) -> dict:
         loop = self.loop
         return {"runs": dict(loop.runs), "failures": dict(loop.failures), "last_error": loop.last_error,
-                "busy": self.busy(), "last_ranking": loop.last_ranking}
+                "busy": self.busy(), "last_ranking": loop.last_ranking, "last_run": loop.last_run}
 

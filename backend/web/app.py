@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
     runtime = Runtime.build(settings)
-    metrics = Metrics(stats=runtime.services.stats, preannotation=runtime.preannotator.status)
+    metrics = Metrics(stats=runtime.services.stats, preannotation=runtime.preannotator.status,
+                      training=runtime.scheduler.status)
     app.extensions["runtime"] = runtime
     app.extensions["metrics"] = metrics
     app.register_blueprint(api)

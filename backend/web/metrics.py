@@ -28,7 +28,7 @@ COUNTERS = {  # name -> help; the JSON status shows them under these names
 
 
 class Metrics:
-    def __init__(self, stats=None, preannotation=None):
+    def __init__(self, stats=None, preannotation=None, training=None):
         self.registry = CollectorRegistry(auto_describe=True)
         self.started = time.time()
         self.counters = {name: Counter(f"{PREFIX}_{name}", text, registry=self.registry)
@@ -44,6 +44,8 @@ class Metrics:
             self.process_registry.register(_StatsCollector(stats))
         if preannotation is not None:
             self.process_registry.register(_PreannotationCollector(preannotation))
+        if training is not None:  # with REDIS_URL the cluster's state (from Redis)
+            self.process_registry.register(_TrainingCollector(training))
 
     def add(self, **counts: int) -> None:
         for name, value in counts.items():
@@ -147,6 +149,32 @@ class _PreannotationCollector:
                 done.add_metric([project, stage], counts.get(stage, 0))
         yield pending
         yield done
+
+    def describe(self):
+        return []
+
+
+class _TrainingCollector:
+    """Per project: seconds of each phase of the last training run, and what its queue re-ranking
+    did to Label Studio's predictions (ranked = imported, skipped, deleted)."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def collect(self):
+        status = self.status()
+        phases = GaugeMetricFamily(f"{PREFIX}_last_run_seconds", "seconds per phase of the last training run",
+                                   labels=["project", "phase"])
+        ranking = GaugeMetricFamily(f"{PREFIX}_last_ranking_predictions", "predictions the last queue re-ranking "
+                                    "imported (ranked), left alone (skipped) or deleted", labels=["project", "kind"])
+        for project, run in sorted((status.get("last_run") or {}).items()):
+            for phase, seconds in sorted((run.get("phases") or {}).items()):
+                phases.add_metric([project, phase], seconds)
+        for project, summary in sorted((status.get("last_ranking") or {}).items()):
+            for kind in ("ranked", "skipped", "deleted"):
+                ranking.add_metric([project, kind], summary.get(kind) or 0)
+        yield phases
+        yield ranking
 
     def describe(self):
         return []

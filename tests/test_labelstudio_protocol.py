@@ -126,7 +126,8 @@ class _Session:
     def __init__(self, status=200, body=None, error=None):
         self.status, self.body, self.error, self.calls = status, body, error, []
 
-    def post(self, url, json, timeout):
+    def post(self, url, json, timeout, allow_redirects=True):
+        assert allow_redirects is False  # a 307/308 would carry the token to the Location
         self.calls.append((url, json, timeout))
         if self.error:
             raise self.error

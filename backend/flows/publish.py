@@ -69,11 +69,12 @@ def push_new(api: LabelStudioAPI, project: str, rows: list[dict], version: str) 
 def delete_superseded(api: LabelStudioAPI, project: str, current: str) -> int:
     """Delete the predictions of this backend's earlier versions (every unlabeled task now holds one of
     ``current``), so Label Studio holds about one of ours per task instead of one per version and run.
-    Predictions of other models and bulk labels ("search:<query>") are never touched."""
-    deleted = 0
+    Only versions named by the same encoders are ours: predictions of other models, of a backend with
+    other encoders and bulk labels ("search:<query>") are never touched."""
+    deleted, encoders = 0, current.split("/", 1)[0] + "/"
     try:
         for version in api.model_versions(int(project)):
-            if version != current and BACKEND_VERSION.match(version or ""):
+            if version != current and version.startswith(encoders) and BACKEND_VERSION.match(version):
                 deleted += api.delete_model_version(int(project), version)
     except Exception as exc:  # the queue is ranked anyway; the next run tries again
         logger.warning("project %s: could not delete superseded predictions: %s", project, exc)

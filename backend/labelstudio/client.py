@@ -9,6 +9,7 @@ import time
 
 import requests
 
+IDS_PER_QUERY = 200  # task ids per listing query (a GET query string: servers cap its length at 8-64 KB)
 ACCESS_TOKEN_REUSE_S = 240  # Label Studio's access tokens live ~5 min: refresh a little before
 
 
@@ -57,13 +58,13 @@ class LabelStudioAPI:
 
     def tasks_with_prediction(self, project: int, task_ids: list[int], model_version: str) -> set[int]:
         """Which of these tasks hold a prediction of this model version (one listing of just them)."""
-        if not task_ids:
-            return set()
-        selected = json.dumps({"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}})
         found = set()
-        for task in self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500):
-            if any(_version_of(p) == model_version for p in task.predictions or []):
-                found.add(task.id)
+        ids = [int(t) for t in task_ids]
+        for start in range(0, len(ids), IDS_PER_QUERY):  # the ids travel in the URL: keep it short
+            selected = json.dumps({"selectedItems": {"all": False, "included": ids[start:start + IDS_PER_QUERY]}})
+            for task in self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500):
+                if any(_version_of(p) == model_version for p in task.predictions or []):
+                    found.add(task.id)
         return found
 
     def model_versions(self, project: int) -> dict[str, int]:
@@ -149,6 +150,7 @@ class LabelStudioAuth:
             raise AuthError("LABEL_STUDIO_URL is required to use a personal access token")
         try:
             resp = self._session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
+                                      allow_redirects=False,  # a 307/308 would resend the token elsewhere
                                       timeout=self.timeout)
         except requests.RequestException as exc:
             raise AuthError(f"token refresh failed: {type(exc).__name__}") from None

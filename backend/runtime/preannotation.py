@@ -8,10 +8,11 @@ gets two (flows.publish.push_new).
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import threading
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
 from ..flows.preannotate import preannotate
 from ..flows.publish import push_new
@@ -20,44 +21,90 @@ from .services import Services
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("queued", "embedded", "predicted", "pushed", "failed", "finished")
+STAGES = ("queued", "embedded", "predicted", "pushed", "failed", "dropped", "finished")
+MAX_PENDING = 1_000_000  # tasks waiting in all (memory: their ids and data)
 
 
 class PreAnnotator:
-    def __init__(self, services: Services):
+    """The work lives in memory: tasks still pending at a restart are pre-annotated again the next
+    time Label Studio asks (on open, "Retrieve predictions") or imports them."""
+
+    def __init__(self, services: Services, max_pending: int = MAX_PENDING):
         self.services = services
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preannotate")
+        self.max_pending = max_pending
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: set[tuple[str, int]] = set()  # (project, task id) queued and not finished
         self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        atexit.register(self.stop)
         self.progress: dict[str, Counter] = defaultdict(Counter)  # project -> queued, embedded, pushed, ...
 
     def submit(self, project: str, label_config: str | None, tasks: list) -> int:
-        """Queue tasks ({"id", "data"}) for pre-annotation; returns how many were usable."""
+        """Queue tasks ({"id", "data"}) for pre-annotation; returns how many were queued. A task already
+        pending is not queued twice; beyond MAX_PENDING tasks in all, the rest is dropped (and counted)."""
         usable = [{"id": task_id(t), "data": t["data"]} for t in tasks
                   if isinstance(t, dict) and task_id(t) is not None and isinstance(t.get("data"), dict)]
-        if usable:
-            self._count(project, "queued", len(usable))
-            self._pool.submit(self._run, project, label_config, usable)
-        return len(usable)
+        with self._lock:
+            fresh = [t for t in {t["id"]: t for t in usable}.values() if (project, t["id"]) not in self._pending]
+            room = max(0, self.max_pending - len(self._pending))
+            fresh, dropped = fresh[:room], len(fresh) - min(len(fresh), room)
+            self._pending.update((project, t["id"]) for t in fresh)
+            self.progress[project]["queued"] += len(fresh)
+            self.progress[project]["dropped"] += dropped
+            if fresh:
+                self._jobs.put((project, label_config, fresh))
+                self._start()
+        if dropped:
+            logger.warning("project %s: %d tasks not queued for pre-annotation (MAX_PENDING=%d reached)", project,
+                           dropped, self.max_pending)
+        return len(fresh)
+
+    def _start(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            # a daemon: pending work does not hold up a shutdown (it lives in memory only, see above)
+            self._worker = threading.Thread(target=self._work, name="preannotate", daemon=True)
+            self._worker.start()
+
+    def stop(self, timeout_s: float = 60) -> None:
+        """At exit: finish the chunk under way (a thread inside the encoder when the interpreter ends
+        aborts the process), take nothing new."""
+        self._stopping.set()
+        if self._worker is not None and self._worker.is_alive():
+            self._jobs.put(None)
+            self._worker.join(timeout_s)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job = self._jobs.get()
+            if job is None:
+                return
+            project, label_config, tasks = job
+            try:
+                self._run(project, label_config, tasks)
+            finally:
+                with self._lock:
+                    self._pending.difference_update((project, t["id"]) for t in tasks)
+                    self.progress[project]["finished"] += len(tasks)
 
     def _run(self, project: str, label_config: str | None, tasks: list) -> None:
         try:
             model = self.services.model(project, label_config)
             api = self.services.api(project)
-            if api is None:
-                logger.warning("project %s: Label Studio unknown (no LABEL_STUDIO_URL/API key, no /setup): "
-                               "embedding %d tasks without importing predictions", project, len(tasks))
-
-            def push(rows: list[dict]) -> int:
-                return len(push_new(api, project, rows, model.model_version)[0])
-
-            preannotate(model, tasks, self.services.queue, push if api is not None else None,
-                        lambda what, n: self._count(project, what, n))
-            logger.info("project %s: pre-annotated %d tasks in the background", project, len(tasks))
         except Exception:
             self._count(project, "failed", len(tasks))
-            logger.exception("project %s: background pre-annotation of %d tasks failed", project, len(tasks))
-        finally:
-            self._count(project, "finished", len(tasks))
+            logger.exception("project %s: cannot pre-annotate %d tasks", project, len(tasks))
+            return
+        if api is None:
+            logger.warning("project %s: Label Studio unknown (no LABEL_STUDIO_URL/API key, no /setup): "
+                           "embedding %d tasks without importing predictions", project, len(tasks))
+
+        def push(rows: list[dict]) -> int:  # rows carry the version they were predicted with
+            return len(push_new(api, project, rows, rows[0]["model_version"])[0])
+
+        preannotate(model, tasks, self.services.queue, push if api is not None else None,
+                    lambda what, n: self._count(project, what, n), stop=self._stopping.is_set)
+        logger.info("project %s: pre-annotated %d tasks in the background", project, len(tasks))
 
     def _count(self, project: str, what: str, n: int) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from ..flows.predict import QueueOptions
 from ..flows.project_model import ProjectModel
 from ..flows.train import TrainingRun
 from ..labelstudio.client import LabelStudioAPI, LabelStudioAuth
+from ..labelstudio.labelconfig import parse_label_config
 from ..state.annotations import AnnotationLog
 from ..state.versions import VersionStore
 from .connections import Connection, Connections
@@ -88,6 +89,8 @@ class Services:
         """What /setup sent. Raises BindingConflict when the project already reached another Label Studio
         (connections.py), ConfigError for a config we cannot serve; a servable config is kept in the
         annotation log (served after a restart without another /setup)."""
+        if label_config:
+            parse_label_config(label_config, self.settings.max_choices)  # one we cannot serve changes nothing
         before = self.connection(project)
         self.connections.learn(project, url, token)
         connection = self.connection(project)

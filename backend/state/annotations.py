@@ -189,11 +189,12 @@ class AnnotationLog:
                 "THEN ls_reached_at END", (project, url))
 
     def mark_reached(self, project: str, url: str) -> None:
-        """A reconcile through this URL succeeded: the binding works."""
+        """A reconcile through this URL succeeded: the binding works. Only marks the binding the project
+        still has (a /setup may have rebound it to another URL while the run was under way)."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO projects (project, ls_url, ls_reached_at) VALUES (?, ?, ?) ON CONFLICT(project) "
-                "DO UPDATE SET ls_url = excluded.ls_url, ls_reached_at = excluded.ls_reached_at",
+                "DO UPDATE SET ls_reached_at = excluded.ls_reached_at WHERE ls_url IS NULL OR ls_url = excluded.ls_url",
                 (project, url, time.time()))
 
     def labeled_tasks(self, project: str) -> list[LabeledTask]:

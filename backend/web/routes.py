@@ -142,7 +142,9 @@ def webhook():
     _metrics().webhook(event.action)
     model = ClipClassifier(event.project, event.label_config, _runtime())
     if event.action == TASKS_CREATED:
-        return jsonify({"status": "ok", "result": {"queued": model.preannotate(event.tasks or [])}}), 201
+        if not isinstance(event.tasks, list):
+            raise BadRequest("TASKS_CREATED payload has no list of tasks")
+        return jsonify({"status": "ok", "result": {"queued": model.preannotate(event.tasks)}}), 201
     result = model.fit(event.action, body)
     return jsonify({"status": "ok", "result": result}), 201
 

@@ -116,7 +116,3 @@ class PreAnnotator:
             return {project: {**{stage: counts[stage] for stage in STAGES},
                               "pending": counts["queued"] - counts["finished"]}
                     for project, counts in self.progress.items()}
-
-    def busy(self, project: str | None = None) -> bool:
-        status = self.status()
-        return any(s["pending"] > 0 for p, s in status.items() if project in (None, p))

@@ -98,7 +98,7 @@ class Services:
             for model in self._models.models(project):
                 model.fetcher = Fetcher(**fetcher_kwargs(self.settings, connection))
         if label_config:
-            self.model(project, label_config)  # validates the config (ConfigError) before it is kept
+            self.model(project, label_config)  # built now: setup() warms it up next
             if label_config != self.log.generations(project)[2]:
                 self.log.set_label_config(project, label_config)
 

@@ -141,6 +141,13 @@ def test_fifo_under_the_document_root_is_refused_without_blocking(tmp_path):
     assert len(outcome) == 2 and all("regular file" in reason for reason in outcome)
 
 
+@pytest.mark.parametrize("ref", [".", "photos", "/data/local-files/?d=photos", "/data/local-files/?d=."])
+def test_a_directory_under_the_document_root_is_a_clean_fetch_error(tmp_path, ref):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(FetchError, match="regular file"):
+        Fetcher(document_root=tmp_path).fetch_bytes(ref)
+
+
 @pytest.mark.parametrize("ref", ["a\x00b.jpg", "a%00b.jpg", "x" * 5000 + ".jpg", "a/" * 3000 + "b.jpg",
                                  "/data/local-files/?d=" + "x" * 5000, "/data/local-files/?d=a%00b.jpg"])
 def test_nul_bytes_and_overlong_local_paths_are_clean_fetch_errors(tmp_path, ref):

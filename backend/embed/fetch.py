@@ -242,10 +242,11 @@ class Fetcher:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except (OSError, ValueError) as exc:
             raise FetchError(f"cannot read local file: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+        info = os.fstat(fd)  # before fdopen, which refuses a directory with its own exception
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise FetchError("local path is not a regular file (a directory, FIFO, socket or device?)")
         with os.fdopen(fd, "rb", buffering=0) as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise FetchError("local path is not a regular file (a FIFO, socket or device?)")
             if info.st_size > self.max_bytes:
                 raise FetchError(f"file is {info.st_size} bytes, over FETCH_MAX_BYTES")
             try:

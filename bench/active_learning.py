@@ -17,6 +17,12 @@ strategy: labels_to_95pct (first label count where the seed-averaged accuracy re
 full-pool accuracy, i.e. the head trained on the whole pool; null if never within the budget) and
 auc_learning_curve (area under accuracy vs labels, divided by the label range: in [0, 1]).
 --json prints the whole result as one JSON object on stdout. --quick is a smoke run on tiny pools.
+
+Whole systems (bench/shipped_loop.py, issue #13): ``--arms ours,ls-example`` runs the shipped loop
+(cold start, train_and_select, boundary queue of QUEUE_BATCH, retrain every --retrain-every labels,
+a 10% uniform audit with Wilson intervals) against Label Studio's example backend (import order,
+LogisticRegression retrained every 10 labels) and writes shipped_loop.png. ``--arms`` takes strategy
+names too (it replaces --strategies when given), e.g. ``--arms random,boundary,ours,ls-example``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ import numpy as np
 from backend.learn.heads import LogisticHead, ZeroShotHead
 from backend.queue import ColdStart, Entropy, LeastConfidence, Margin, QueryContext, RandomSampling
 from bench.datasets import DATA, SPECS, Data, Spec, embedded, image_encoder_missing, log
+from bench.shipped_loop import (AUDIT_SHARE, OURS_VARIANTS, QUEUE_BATCH, SYSTEM_NAMES, ShippedLoop, eval_points,
+                                plot_systems, run_ls_example, summarize_systems, system_result, texts_of)
 from bench.strategy_variants import ExploringBoundaryRetrieval
 
 STRATEGY_NAMES = ("random", "least_confidence", "margin", "entropy", "boundary", "modal_margin")
@@ -205,6 +213,8 @@ def bench_dataset(spec: Spec, args) -> dict:
            "full_pool_accuracy": full_acc, "zero_shot_accuracy": zs_acc, "target_accuracy": target,
            "seeds": args.seeds, "strategies": {}}
     names = [s for s in STRATEGY_NAMES if s in args.strategies]
+    if not names:
+        del out["strategies"]
     modal_missing = modal_available()
     for name in names:
         if name == "modal_margin" and modal_missing:
@@ -221,11 +231,81 @@ def bench_dataset(spec: Spec, args) -> dict:
         out["strategies"][name] = res
         log(f"  {name:17s} labels_to_95%={res['labels_to_95pct']!s:>5} per-seed={res['labels_to_95pct_per_seed']} "
             f"auc={res['auc_learning_curve']:.3f} final={res['final_accuracy']:.3f} ({res['seconds']}s)")
-    rnd = out["strategies"].get("random", {}).get("labels_to_95pct")
-    for name, res in out["strategies"].items():
+    rnd = out.get("strategies", {}).get("random", {}).get("labels_to_95pct")
+    for name, res in out.get("strategies", {}).items():
         mine = res.get("labels_to_95pct")
         res["labels_vs_random"] = (mine / rnd) if (mine is not None and rnd) else None
+    systems = [s for s in SYSTEM_NAMES if s in args.systems]
+    if systems:
+        bench_systems(spec, d, args, systems, out)
     return out
+
+
+def own_full_pool(d: Data, systems: list[str]) -> dict:
+    """Each system's own head trained on the whole pool (context for the common 95% target)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from backend.learn.selection import train_and_select
+    from bench.shipped_loop import LOGIT_SCALE, LS_C
+
+    own = {}
+    if any(s in OURS_VARIANTS for s in systems):
+        protos = d.prototypes if d.prototypes is not None else np.zeros((d.K, d.X_pool.shape[1]), np.float32)
+        t = time.perf_counter()
+        head, report = train_and_select(d.X_pool, d.y_pool, list(range(1, len(d.X_pool) + 1)), protos, LOGIT_SCALE,
+                                        [str(k) for k in range(d.K)], False)
+        own["ours"] = {"accuracy": accuracy(head, d.X_test, d.y_test), "head": report["head"],
+                       "train_and_select_seconds": round(time.perf_counter() - t, 2)}
+    if any(s.startswith("ls-example") for s in systems):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lr = LogisticRegression(C=LS_C).fit(d.X_pool, d.y_pool)
+        own["ls-example"] = {"accuracy": float((lr.predict(d.X_test) == d.y_test).mean())}
+    return own
+
+
+def bench_systems(spec: Spec, d: Data, args, systems: list[str], out: dict) -> None:
+    """The whole-system arms (bench/shipped_loop.py) on this dataset."""
+    budget = args.system_budget.get(spec.name) or out["label_budget"]
+    budget = min(budget, len(d.X_pool))
+    at = min(args.estimate_at, budget)
+    points = eval_points(budget, extra=(at,))
+    out.update(system_budget=budget, estimates_at_labels=at, retrain_every=args.retrain_every,
+               queue_batch=QUEUE_BATCH, audit_share=args.audit_share, systems={},
+               majority_accuracy=float(np.bincount(d.y_test).max() / len(d.y_test)))
+    out["own_full_pool_accuracy"] = own_full_pool(d, systems)
+    texts = None
+    for name in systems:
+        if name == "ls-example-tfidf":
+            if spec.modality != "text":
+                out["systems"][name] = {"skipped": "TF-IDF needs text", "labels_to_95pct": None}
+                continue
+            texts = texts or texts_of(spec, args.quick)
+        traces = []
+        t0 = time.perf_counter()
+        for seed in range(args.seeds):
+            if name in OURS_VARIANTS:
+                kw = {"retrain_every": args.retrain_every, "audit_share": args.audit_share, "old_estimate_until": at,
+                      **OURS_VARIANTS[name]}
+                traces.append(ShippedLoop(d, seed, **kw).run(budget, points))
+            else:
+                traces.append(run_ls_example(d, budget, points, seed,
+                                             features="tfidf" if name.endswith("tfidf") else "embeddings",
+                                             texts=texts))
+        res = system_result(traces, out["target_accuracy"], out["full_pool_accuracy"], at, time.perf_counter() - t0)
+        out["systems"][name] = res
+        line = (f"  {name:17s} labels_to_95%={res['labels_to_95pct']!s:>5} per-seed={res['labels_to_95pct_per_seed']} "
+                f"final={res['final_accuracy']:.3f} retrains/seed={res['retrains_per_seed']} "
+                f"retrain s mean/max={res['retrain_seconds_mean']}/{res['retrain_seconds_max']} ({res['seconds']}s)")
+        if "estimates_at" in res:
+            e = res["estimates_at"]
+            line += (f"\n    at {at} labels: |audit-true|={e['audit_abs_error_mean']} (n={e['audit_n']}, "
+                     f"half-width {e['audit_half_width_mean']}) |old-true|={e['biased_abs_error_mean']} "
+                     f"(n={e['biased_n']}); signed audit {e['audit_signed_error_mean']} "
+                     f"old {e['biased_signed_error_mean']}")
+        log(line)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -234,7 +314,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ds = [n for n, r in results["datasets"].items() if "strategies" in r]
+    ds = [n for n, r in results["datasets"].items() if r.get("strategies")]
     if not ds:
         return
     cols = min(2, len(ds))
@@ -273,7 +353,7 @@ def summarize(results: dict) -> dict:
     rows = {}
     met = 0
     for name, r in results["datasets"].items():
-        if "strategies" not in r:
+        if not r.get("strategies"):
             continue
         b = r["strategies"].get("boundary", {})
         ratio = b.get("labels_vs_random")
@@ -288,7 +368,7 @@ def summarize(results: dict) -> dict:
     return {"labels_to_95pct": rows, "datasets_meeting_target": met, "datasets": len(rows)}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny pools, 2 seeds: a smoke run (< 60 s)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
@@ -297,14 +377,40 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per strategy (default 3; 2 with --quick)")
     ap.add_argument("--datasets", nargs="+", default=list(SPECS), choices=list(SPECS))
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGY_NAMES), choices=list(STRATEGY_NAMES))
+    ap.add_argument("--arms", type=lambda v: [a.strip() for a in v.split(",") if a.strip()], default=None,
+                    help="comma-separated arms: strategies (%s) and/or systems (%s); replaces --strategies"
+                         % (", ".join(STRATEGY_NAMES), ", ".join(SYSTEM_NAMES)))
+    ap.add_argument("--retrain-every", type=int, default=None,
+                    help="ours: a training run every N labels (default QUEUE_BATCH = %d; 10 with --quick)"
+                         % QUEUE_BATCH)
+    ap.add_argument("--audit-share", type=float, default=AUDIT_SHARE,
+                    help="ours: share of served tasks drawn uniformly for the audit (default %g; 0 = none)"
+                         % AUDIT_SHARE)
+    ap.add_argument("--estimate-at", type=int, default=200, help="label count where the estimates are compared")
+    ap.add_argument("--system-budget", type=json.loads, default={},
+                    help='JSON {dataset: label budget} for the system arms (default: the dataset\'s budget)')
     ap.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
     ap.add_argument("--boundary-kwargs", type=json.loads, default={},
                     help='JSON keyword arguments for BoundaryRetrieval or its bench variants '
                          '(bench.strategy_variants.ExploringBoundaryRetrieval), e.g. \'{"density_weight": 0.1}\' '
                          "(default: the product defaults)")
     args = ap.parse_args(argv)
+    args.systems = []
+    if args.arms is not None:
+        unknown = [a for a in args.arms if a not in STRATEGY_NAMES + SYSTEM_NAMES]
+        if unknown:
+            ap.error(f"unknown arm(s) {unknown}; choose from {', '.join(STRATEGY_NAMES + SYSTEM_NAMES)}")
+        args.strategies = [a for a in args.arms if a in STRATEGY_NAMES]
+        args.systems = [a for a in args.arms if a in SYSTEM_NAMES]
     if args.seeds is None:
         args.seeds = 2 if args.quick else 3
+    if args.retrain_every is None:
+        args.retrain_every = 10 if args.quick else QUEUE_BATCH
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         import torch
 
@@ -319,7 +425,9 @@ def main(argv=None) -> int:
         threadpool_limits(1)
     t0 = time.perf_counter()
     results = {"config": {"quick": args.quick, "seeds": args.seeds, "head": f"LogisticHead(C={C:g})",
-                          "boundary_kwargs": args.boundary_kwargs,
+                          "boundary_kwargs": args.boundary_kwargs, "strategies": args.strategies,
+                          "systems": args.systems, "retrain_every": args.retrain_every,
+                          "audit_share": args.audit_share,
                           "data": str(DATA), "cache": str(args.cache)}, "datasets": {}}
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # libraries print to stdout (efficientnet's loader); keep it for the JSON
@@ -344,12 +452,20 @@ def _run(args, results, t0, real_stdout) -> int:
     if args.embed_only:
         return 0
     results["summary"] = summarize(results)
+    if args.systems:
+        results["summary"]["systems"] = summarize_systems(results, args.estimate_at)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "learning_curves.png")
-    log(f"[done] {results['seconds']}s; wrote {out / 'results.json'} and {out / 'learning_curves.png'}")
+    written = [out / "results.json"]
+    if args.strategies:
+        plot(results, out / "learning_curves.png")
+        written.append(out / "learning_curves.png")
+    if args.systems:
+        plot_systems(results, out / "shipped_loop.png")
+        written.append(out / "shipped_loop.png")
+    log(f"[done] {results['seconds']}s; wrote {', '.join(map(str, written))}")
     log(json.dumps(results["summary"], indent=1))
     if args.json:
         print(json.dumps(results), file=real_stdout)

@@ -2,6 +2,10 @@
 
 - heads: the candidate heads (zero-shot, logistic, prompt-anchored), scikit-learn estimators;
 - metrics: evaluation of a fitted head on a labeled set;
+- intervals: 95% intervals (Wilson for proportions, bootstrap otherwise);
+- audit: the audit sample's figures with intervals, and how many items a given precision needs;
+- folds: cross-validation folds that tolerate singleton classes and multi-label rows;
+- label_errors: suspected label errors (confident learning on out-of-fold probabilities);
 - selection: deterministic splits and train_and_select (choose, refit, evaluate);
 - report: report.json / report.html / figures of a trained version.
 

@@ -5,11 +5,15 @@
 - train_and_select(...): fits every candidate head on train, selects on validation (or by
   cross-validation on train+val when labels are few), refits the winner on train+val and
   evaluates it on test. Returns the fitted head and a JSON-serializable report.
+
+With audit_ids the test set is the audit sample (tasks drawn uniformly at random, see audit.py)
+instead of the hash test split, and the report gains its numbers with 95% intervals.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -17,7 +21,10 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import PredefinedSplit
 
+from .audit import accuracy_on, audit_summary
+from .folds import stratified_folds
 from .heads import Head, PromptAnchoredHead, ZeroShotHead, blas_limit, candidate_heads
+from .label_errors import MAX_REPORTED, review_labels
 from .metrics import evaluate, finite, indicator, json_safe, selection_score, selection_score_from_proba
 from .thresholds import threshold_shift
 
@@ -37,30 +44,6 @@ def split_of(task_id, val: float = 0.15, test: float = 0.15) -> str:
     if u < test + val:
         return "val"
     return "train"
-
-
-def stratified_folds(Y: np.ndarray, k: int, multiple: bool, seed: int = 0) -> np.ndarray:
-    """Fold index per item: stratified by class (single choice) or by rarest positive label (multiple).
-
-    Not StratifiedKFold: that refuses data where every class has fewer than k items (one label
-    per class is the common cold start), and it cannot stratify multi-label rows.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(Y)
-    if multiple:
-        Yb = np.asarray(Y).reshape(n, -1)
-        freq = Yb.sum(axis=0)
-        key = np.array([int(np.argmin(np.where(r > 0, freq, np.inf))) if r.any() else -1 for r in Yb])
-    else:
-        key = np.asarray(Y)
-    folds = np.empty(n, dtype=np.int64)
-    offset = 0
-    for cls in np.unique(key):
-        idx = np.flatnonzero(key == cls)
-        idx = idx[rng.permutation(len(idx))]
-        folds[idx] = (np.arange(len(idx)) + offset) % k  # rotate so singleton classes spread over folds
-        offset += len(idx)
-    return folds
 
 
 @dataclass
@@ -98,15 +81,24 @@ class _Plan:
         return bool(self.k) and int(self.scored.sum()) < MIN_CV_SCORED
 
 
-def _prepare(X, Y, task_ids, label_names, multiple, val, test) -> _Data:
+def _splits(task_ids, val: float, test: float, audit_ids: Collection | None) -> np.ndarray:
+    """Each task's split. With an audit set it is the test set; the hash validation split stays as
+    it was and the hash test items train (active learning chose them: a biased test set)."""
+    if audit_ids is None:
+        return np.array([split_of(t, val=val, test=test) for t in task_ids])
+    audit = {str(a) for a in audit_ids}  # ids compare as split_of hashes them: 7 == "7"
+    return np.array(["test" if str(t) in audit else "val" if split_of(t, val=val, test=test) == "val" else "train"
+                     for t in task_ids])
+
+
+def _prepare(X, Y, task_ids, label_names, multiple, val, test, audit_ids=None) -> _Data:
     """Arrays in their canonical shapes and dtypes, with each task's split."""
     label_names = [str(x) for x in label_names]
     X = np.asarray(X, dtype=np.float32).reshape(len(task_ids), -1)
     Y = np.asarray(Y).reshape(len(task_ids), len(label_names)) if multiple else np.asarray(Y, dtype=np.int64).ravel()
     if len(Y) != len(X):
         raise ValueError(f"{len(X)} embeddings but {len(Y)} labels")
-    splits = np.array([split_of(t, val=val, test=test) for t in task_ids])
-    return _Data(X, Y, label_names, bool(multiple), splits)
+    return _Data(X, Y, label_names, bool(multiple), _splits(task_ids, val, test, audit_ids))
 
 
 def _plan(data: _Data) -> _Plan:
@@ -245,7 +237,16 @@ def _curve_point(report: dict) -> dict | None:
     test = report.get("test") or {}
     return {"version": report.get("version"), "n_labels": (report.get("counts") or {}).get("total"),
             "test_accuracy": test.get("accuracy"), "val_score": report.get("val_score"),
-            "head": report.get("head")}
+            "head": report.get("head"), **_audit_point(report.get("audit"))}
+
+
+def _audit_point(audit: dict | None) -> dict:
+    """A version's audit figures on the learning curve: accuracy with its interval, zero-shot's."""
+    if not isinstance(audit, dict) or not isinstance(audit.get("accuracy"), dict):
+        return {}
+    acc, zs = audit["accuracy"], audit.get("zero_shot_accuracy") or {}
+    return {"audit_n": audit.get("n"), "audit_accuracy": acc.get("value"), "audit_low": acc.get("low"),
+            "audit_high": acc.get("high"), "zero_shot_audit_accuracy": zs.get("value")}
 
 
 def _learning_curve(history, report: dict) -> list[dict]:
@@ -253,8 +254,30 @@ def _learning_curve(history, report: dict) -> list[dict]:
     point = {"version": report["version"], "n_labels": counts["total"], "n_train": counts["train"] + counts["val"],
              "test_accuracy": report["test"].get("accuracy"),
              "zero_shot_test_accuracy": zs["accuracy"] if zs else None,
-             "val_score": report["val_score"], "head": report["head"]}
+             "val_score": report["val_score"], "head": report["head"], **_audit_point(report.get("audit"))}
     return [p for p in (_curve_point(h) for h in history or ()) if p] + [point]
+
+
+def _audit_candidates(candidates: list[Head], best_i: int, results: list[dict], data: _Data) -> None:
+    """Each candidate's accuracy on the audit set, fitted like the winner (train+val): shown next to
+    the selection score to check the choice, never used for it."""
+    X, Y, te, fit = data.X, data.Y, data.mask("test"), data.mask("train", "val")
+    for i, (head, entry) in enumerate(zip(candidates, results)):
+        if entry.get("error"):
+            continue
+        if i != best_i and not isinstance(head, ZeroShotHead):
+            head = clone(head).fit(X[fit], Y[fit])
+        entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
+
+
+def _label_errors(winner: Head, data: _Data, task_ids) -> dict:
+    """Suspected label errors among all labeled items (audit annotations can be wrong too)."""
+    if data.multiple:
+        return {"label_errors": [], "label_errors_checked": 0, "label_errors_flagged": 0,
+                "label_errors_note": "single choice only"}
+    review = review_labels(winner, data.X, data.Y, task_ids, data.label_names)
+    return {"label_errors": review.errors[:MAX_REPORTED], "label_errors_checked": review.checked,
+            "label_errors_flagged": len(review.errors), "label_errors_note": None}
 
 
 def _refit_and_report(winner: Head, zero_shot: Head, results: list[dict], data: _Data, plan: _Plan,
@@ -301,16 +324,20 @@ def _refit_and_report(winner: Head, zero_shot: Head, results: list[dict], data: 
 
 def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names, multiple: bool,
                      history=(), version: str = "", candidates: list[Head] | None = None,
-                     val: float = 0.15, test: float = 0.15) -> tuple[Head, dict]:
+                     val: float = 0.15, test: float = 0.15,
+                     audit_ids: Collection | None = None) -> tuple[Head, dict]:
     """Fit candidates, select on validation (or CV), refit the winner on train+val, report on test.
 
     X: (n, d) embeddings; Y: class indices (n,) or (n, K) indicators (multiple); task_ids: n ids
     (their hash decides the split); history: earlier reports (for the learning curve).
-    Returns (fitted winner, report dict). The test split never influences the choice.
+    audit_ids: task ids of the audit sample (None: the hash test split is the test set). Given, even
+    empty, the labeled audit items are the test set and all others train or validate; the report
+    gains "audit" (figures with 95% intervals) and each candidate its audit accuracy.
+    Returns (fitted winner, report dict). The test set never influences the choice.
     """
     with blas_limit():
         started = time.perf_counter()
-        data = _prepare(X, Y, task_ids, label_names, multiple, val, test)
+        data = _prepare(X, Y, task_ids, label_names, multiple, val, test, audit_ids)
         if candidates is None:
             candidates = candidate_heads(prototypes, logit_scale, multiple)
         if not candidates or not isinstance(candidates[0], ZeroShotHead):
@@ -322,6 +349,13 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
             r["selected"] = i == best_i
         winner = candidates[best_i]
         report = _refit_and_report(winner, candidates[0], results, data, plan, version)
+        report["test_set"] = "hash split" if audit_ids is None else "audit sample"
+        if audit_ids is not None:
+            te = data.mask("test")
+            report["audit"] = audit_summary(winner, candidates[0], data.X[te], data.Y[te], data.label_names,
+                                            data.multiple)
+            _audit_candidates(candidates, best_i, results, data)
+        report.update(_label_errors(winner, data, list(task_ids)))
         report["learning_curve"] = _learning_curve(history, report)
         report["seconds"] = round(time.perf_counter() - started, 3)
         return winner, json_safe(report)

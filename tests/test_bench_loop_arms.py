@@ -1,0 +1,88 @@
+"""Smoke test of the whole-system arms of bench/active_learning.py (bench/shipped_loop.py) on a tiny
+synthetic pool: the loop runs the server's code, the audit draws are held out, the example's arm
+trains every 10 labels. No timing assertions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.datasets import Data
+from bench.shipped_loop import ShippedLoop, eval_points, import_order, run_ls_example, system_result
+
+
+def _data(n_pool=150, n_test=60, K=3, dim=16, seed=0) -> Data:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(K, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+
+    def sample(n):
+        y = rng.integers(0, K, n)
+        X = centers[y] + 0.6 * rng.normal(size=(n, dim)) / np.sqrt(dim)
+        return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32), y
+
+    Xp, yp = sample(n_pool)
+    Xt, yt = sample(n_test)
+    return Data("synthetic", Xp, yp, Xt, yt, K, centers.astype(np.float32), "synthetic")
+
+
+def test_import_order_is_a_permutation_with_ids_in_import_order():
+    order, ids = import_order(20, seed=3)
+    assert sorted(order.tolist()) == list(range(20))
+    assert ids[order].tolist() == list(range(1, 21))
+
+
+def test_shipped_loop_holds_out_the_audit_and_retrains_on_schedule():
+    d = _data()
+    budget = 60
+    points = eval_points(budget)
+    loop = ShippedLoop(d, seed=0, retrain_every=20, batch=20, audit_share=0.1, old_estimate_until=40)
+    trace = loop.run(budget, points)
+    assert trace.labels == points == [10, 20, 30, 40, 50, 60]
+    assert len(loop.audit_idx) == 6 and len(loop.train_idx) == 54
+    assert not set(loop.audit_idx) & set(loop.train_idx)
+    assert not loop.unlabeled[loop.audit_idx + loop.train_idx].any()
+    assert [r["labels"] for r in trace.retrains] == [20, 40, 60]
+    assert all("error" not in r for r in trace.retrains)
+    assert trace.head[0] == "zero-shot"  # before the first training run
+    assert [a["n"] for a in trace.audit] == [1, 2, 3, 4, 5, 6]
+    for a in trace.audit:
+        assert a["low"] <= a["value"] <= a["high"]
+    # the training runs test on the audit draws, as the server does (train_and_select's audit_ids)
+    assert loop.report["test_set"] == "audit sample" and loop.report["audit"]["n"] == 6
+    # the old report's estimate (hash test split of the chosen labels) only up to old_estimate_until
+    assert [b["n"] > 0 for b in trace.biased] == [False, True, True, True, False, False]
+    assert all(0.0 <= x <= 1.0 for x in trace.accuracy)
+    res = system_result([trace], target=0.5, full_acc=0.9, at=60, seconds=0.0)
+    est = res["estimates_at"]
+    assert est["labels"] == 60 and est["audit_n"] == [6]
+    assert est["audit_abs_error_mean"] is not None
+
+
+@pytest.mark.parametrize("audit_share", [0.0])
+def test_shipped_loop_without_audit_trains_on_everything(audit_share):
+    d = _data()
+    loop = ShippedLoop(d, seed=1, retrain_every=10, batch=20, audit_share=audit_share)
+    trace = loop.run(30, eval_points(30))
+    assert loop.audit_idx == [] and len(loop.train_idx) == 30
+    assert all(a["n"] == 0 for a in trace.audit)
+
+
+def test_ls_example_serves_import_order_and_trains_every_ten():
+    d = _data()
+    trace = run_ls_example(d, 40, eval_points(40), seed=2)
+    assert [r["labels"] for r in trace.retrains] == [10, 20, 30, 40][-len(trace.retrains):]
+    assert trace.labels == [10, 20, 30, 40]
+    majority = np.bincount(d.y_test).max() / len(d.y_test)
+    if trace.head[0].startswith("none"):
+        assert trace.accuracy[0] == pytest.approx(majority)
+
+
+def test_cli_arms_accepts_strategies_and_systems():
+    from bench.active_learning import parse_args
+
+    args = parse_args(["--quick", "--arms", "random,ours,ls-example"])
+    assert (args.strategies, args.systems, args.retrain_every) == (["random"], ["ours", "ls-example"], 10)
+    args = parse_args(["--strategies", "margin"])  # the strategy arms alone, as before
+    assert (args.strategies, args.systems, args.retrain_every) == (["margin"], [], 50)
+    with pytest.raises(SystemExit):
+        parse_args(["--arms", "nope"])

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     queue_strategy: str = _env("QUEUE_STRATEGY", "boundary")
     queue_batch: int = _env("QUEUE_BATCH", 50, ge=1)
     queue_view: str = _env("QUEUE_VIEW", "Boundary first")  # Data Manager tab ordered by our scores ("" = none)
+    queue_sample: int = _env("QUEUE_SAMPLE", 4000, ge=100)  # unlabeled records a run reads for its statistics
+    audit_share: float = _env("AUDIT_SHARE", 0.1, ge=0.0, le=0.5)  # of each batch, drawn uniformly: the test set
+    cold_start_sample: int = _env("COLD_START_SAMPLE", 2000, ge=50)  # tasks embedded before the first batch
+    full_reconcile_s: float = _env("FULL_RECONCILE_S", 86400.0, ge=0)  # list every task at most this often
     uncertainty_sampling: bool = _env("UNCERTAINTY_SAMPLING", False)  # opt-in: switch to "Uncertainty sampling"
     # pre-annotation: /predict answers within this many seconds (Label Studio gives up after its
     # ML_TIMEOUT_PREDICT, 100 s by default); what is not done by then is imported in the background

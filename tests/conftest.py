@@ -46,7 +46,7 @@ def backend(label_studio, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("backend")
     env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url,
                       LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
-                      UNCERTAINTY_SAMPLING="true")
+                      UNCERTAINTY_SAMPLING="true", QUEUE_BATCH="12")
     server = BackendProcess(env, tmp / "backend.log", free_port()).start()
     yield server.url
     server.kill()

@@ -64,6 +64,32 @@ def test_replace_all_reconciles_with_label_studio(tmp_path):
     assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {2: ["spam"], 3: ["ham"]}
 
 
+def test_an_incremental_reconcile_replaces_only_the_listed_tasks(tmp_path):
+    log = AnnotationLog(tmp_path / "a.sqlite3")
+    for n in (1, 2, 3):
+        log.record("1", _rec(n, n, "ham"))
+    # Label Studio changed tasks 1 (annotation deleted) and 2 (relabeled); task 3 was not listed
+    log.apply_changes("1", [1, 2], [_rec(2, 2, "spam")])
+    assert {t.task_id: t.labels["label"] for t in log.labeled_tasks("1")} == {2: ["spam"], 3: ["ham"]}
+    assert log.reconcile_state("1") == (None, None, False)
+    log.mark_reconciled("1", 100.0, full=True)
+    log.want_full_reconcile("1")  # START_TRAINING
+    assert log.reconcile_state("1") == (100.0, 100.0, True)
+    log.mark_reconciled("1", 200.0, full=False)
+    assert log.reconcile_state("1") == (200.0, 100.0, True)  # an incremental one does not satisfy the request
+    log.mark_reconciled("1", 300.0, full=True)
+    assert log.reconcile_state("1") == (300.0, 300.0, False)
+
+
+def test_ground_truth_marks_and_webhook_times_are_kept(tmp_path):
+    log = AnnotationLog(tmp_path / "a.sqlite3")
+    log.record("1", _rec(1, 1, "ham")._replace(ground_truth=True))
+    log.replace_all("1", [_rec(1, 1, "ham")._replace(ground_truth=True), _rec(2, 2, "spam")])
+    rows = {t.task_id: t for t in log.labeled_tasks("1")}
+    assert rows[1].ground_truth and not rows[2].ground_truth
+    assert rows[1].event_at > 0 and rows[2].event_at == 0  # only a webhook counts as someone touching it
+
+
 def test_versions_are_numbered_and_latest_survives_a_crash_mid_write(tmp_path):
     store = VersionStore(tmp_path)
     v1 = store.save("3", lambda n: f"enc/v{n}", {"label": "head-1"}, {"fingerprint": "f"})

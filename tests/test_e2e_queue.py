@@ -1,39 +1,38 @@
-"""Boundary-first queue in a real Label Studio: the backend ranks the queue at cold start and after
-every training run, and Label Studio's labeling stream serves the lowest-score task next."""
+"""Boundary-first queue in a real Label Studio: after every run (and at cold start) only the next batch
+is written, under the project's model version (the backend's title), and Label Studio's labeling
+stream serves it lowest score first; any task an annotator opens shows the current head's prediction."""
 
 import pytest
 import requests
 
+from backend.flows.project_model import BACKEND_VERSION
 from tests.helpers import label_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
 VIEW = "Boundary first"
+TITLE = "clip-al"
+BATCH = 12  # QUEUE_BATCH of the backend fixture
 
 
-def _queue(ls, project_id):
-    """(model_version, {unlabeled task id: score of its prediction of that version}, tasks by id)."""
-    version = ls.get_project(project_id)["model_version"]
-    tasks = {t["id"]: t for t in ls.list_tasks(project_id)}
-    scores = {}
-    for task in tasks.values():
-        if task["annotations"]:
-            continue
-        mine = [p["score"] for p in task["predictions"] if p["model_version"] == version]
-        if mine:
-            scores[task["id"]] = min(mine)
-    return version, scores, tasks
+def _held(ls, project_id) -> dict:
+    return ls.get(f"/api/projects/{project_id}/model-versions/")
 
 
-def _ranked(ls, project_id, version_prefix, exclude_version=None):
-    """Wait until every unlabeled task carries a prediction of the project's (new) version."""
-    def ready():
-        version, scores, tasks = _queue(ls, project_id)
-        unlabeled = [t for t in tasks.values() if not t["annotations"]]
-        if version.startswith(version_prefix) and version != exclude_version and len(scores) == len(unlabeled):
-            return version, scores, tasks
-        return None
-    return wait_until(ready, timeout=180, step=0.5, what=f"a ranked queue of {version_prefix}*")
+def _batch(ls, project_id) -> dict:
+    """{task id: score} of the unlabeled tasks' predictions under the backend's title (the queue)."""
+    return {t["id"]: p["score"] for t in ls.list_tasks(project_id) if not t["annotations"]
+            for p in t["predictions"] if p["model_version"] == TITLE}
+
+
+def _current_version(backend, project_id) -> str:
+    return requests.post(backend + "/setup", json={"project": str(project_id),
+                                                   "schema": label_config("sms_spam.xml")}, timeout=30).json()["model_version"]
+
+
+def _idle(backend):
+    wait_until(lambda: not requests.get(backend + "/status", timeout=5).json()["training"]["busy"], timeout=180,
+               step=0.5, what="idle training")
 
 
 def _next_task(ls, project_id):
@@ -44,55 +43,68 @@ def _choice(label):
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
 
-def _confidence(task, version):
-    (prediction,) = [p for p in task["predictions"] if p["model_version"] == version]
-    return prediction["result"][0]["score"]
-
-
-def test_label_studio_serves_the_lowest_score_task_first_at_cold_start_and_after_training(
+def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_current_head(
         label_studio, backend, sms_messages):
     ls = label_studio
     project_id = ls.create_project("queue e2e", label_config("sms_spam.xml"))
     sample = [m for m in sms_messages if m[0] == "spam"][300:330] + [m for m in sms_messages if m[0] == "ham"][300:330]
     ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sample])
-    ls.connect_ml_backend(project_id, backend, title="clip-al")
+    ls.connect_ml_backend(project_id, backend, title=TITLE)
 
-    # cold start: /setup made the backend rank every task from zero-shot + typicality, in the background
-    zero_shot, scores, tasks = _ranked(ls, project_id, "st-")
-    assert "/zeroshot-" in zero_shot and len(scores) == 60
-    assert len(set(scores.values())) == 60  # a strict order, no ties
+    # cold start: /setup made the backend rank a first batch in the background; only the batch is written
+    held = wait_until(lambda: (h := _held(ls, project_id)).get(TITLE) and h, timeout=180, step=0.5,
+                      what="the cold-start batch")
+    assert held == {TITLE: BATCH}, held
     project = ls.get_project(project_id)
+    assert project["model_version"] == TITLE  # live: Label Studio asks the backend for any task it opens
     assert project["sampling"] == "Uncertainty sampling"  # the backend fixture opts in (UNCERTAINTY_SAMPLING)
     views = [v for v in ls.get("/api/dm/views/", params={"project": project_id}) if v["data"].get("title") == VIEW]
     assert len(views) == 1 and views[0]["data"]["ordering"] == ["tasks:predictions_score"]
-    assert _next_task(ls, project_id)["id"] == min(scores, key=scores.get)
+    batch = _batch(ls, project_id)
+    assert len(set(batch.values())) == BATCH  # a strict order
+    served = _next_task(ls, project_id)
+    assert served["id"] == min(batch, key=batch.get)
+    zero_shot = _current_version(backend, project_id)
+    assert "/zeroshot-" in zero_shot
+    assert [p["model_version"] for p in served["predictions"]] == [zero_shot]  # the editor shows the live head
     # another model's prediction on a task: the backend never touches it
-    other = next(iter(scores))
+    other = next(t for t in batch if t != served["id"])
     ls.post(f"/api/projects/{project_id}/import/predictions", json=[
         {"task": other, "model_version": "other-model", "score": 0.5, "result": _choice("spam")}])
 
     # annotators follow the queue; each submission fires a webhook and the backend retrains
+    tasks = {t["id"]: t for t in ls.list_tasks(project_id)}
     for _ in range(16):
         task = _next_task(ls, project_id)
         ls.create_annotation(task["id"], _choice(tasks[task["id"]]["data"]["truth"]))
-    version, scores, tasks = _ranked(ls, project_id, "st-", exclude_version=zero_shot)
-    assert "/v" in version and len(scores) == 60 - 16
-    wait_until(lambda: not requests.get(backend + "/status", timeout=5).json()["training"]["busy"], timeout=180,
-               step=0.5, what="idle training")
-    version, scores, tasks = _queue(ls, project_id)  # the newest version after coalesced runs
-    # predictions of the backend's earlier versions are gone; the other model's prediction stays
-    held = ls.get(f"/api/projects/{project_id}/model-versions/")
-    assert held == {version: 60 - 16, "other-model": 1}, held
-    assert any(p["model_version"] == "other-model" for p in tasks[other]["predictions"])
-    first = min(scores, key=scores.get)
-    assert _next_task(ls, project_id)["id"] == first
-    # boundary first: the task served next is one the new head is least sure about
-    confidences = sorted(_confidence(tasks[t], version) for t in scores)
-    assert _confidence(tasks[first], version) <= confidences[len(confidences) // 4]
+    wait_until(lambda: "/v" in _current_version(backend, project_id), timeout=180, step=0.5, what="a trained version")
+    _idle(backend)
+    version = _current_version(backend, project_id)
+    held = _held(ls, project_id)
+    # deleting a version clears a live project's model version in Label Studio: the backend sets it again
+    assert ls.get_project(project_id)["model_version"] == TITLE
+    # one batch under the title; our earlier versions' predictions are gone; the other model's stays
+    assert held.get(TITLE) == BATCH and held.get("other-model") == 1, held
+    assert not [v for v in held if BACKEND_VERSION.match(v) and v != version], held
+    assert any(p["model_version"] == "other-model" for p in ls.get_task(other)["predictions"])
+    batch = _batch(ls, project_id)
+    assert len(batch) == BATCH
+    status = requests.get(backend + "/status", timeout=5).json()["training"]
+    last = status["last_run"][str(project_id)]
+    assert last["reconciled"]["full"] is False and last["reconciled"]["tasks"] < 60  # only what changed: annotated, opened, batch replaced
+    assert status["last_ranking"][str(project_id)]["ranked"] == BATCH
+    served = _next_task(ls, project_id)
+    assert served["id"] == min(batch, key=batch.get)
+    assert version in [p["model_version"] for p in served["predictions"]]
 
-    # a user's own sampling choice stands: the backend switched it once and never again
-    ls.set_project(project_id, sampling="Sequential sampling")
-    task = _next_task(ls, project_id)
-    ls.create_annotation(task["id"], _choice(tasks[task["id"]]["data"]["truth"]))
-    _ranked(ls, project_id, "st-", exclude_version=version)
+    # a task outside the batch, opened through the labeling stream, shows the current head too
+    ls.set_project(project_id, sampling="Sequential sampling")  # a user's own choice: it stands
+    served = _next_task(ls, project_id)
+    assert [p["model_version"] for p in served["predictions"] if BACKEND_VERSION.match(p["model_version"])] == [version]
+    outside = next(t for t in tasks if t not in batch and not ls.get_task(t)["annotations"] and t != served["id"])
+    opened = ls.get_task(outside)  # opening it from the Data Manager
+    assert [p["model_version"] for p in opened["predictions"]] == [version]
+    ls.create_annotation(served["id"], _choice(tasks[served["id"]]["data"]["truth"]))
+    wait_until(lambda: _current_version(backend, project_id) != version, timeout=180, step=0.5, what="next version")
+    _idle(backend)
     assert ls.get_project(project_id)["sampling"] == "Sequential sampling"

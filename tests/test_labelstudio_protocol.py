@@ -42,7 +42,10 @@ def test_annotation_fields_from_a_webhook_and_from_the_api():
                   "result": [{"from_name": "c", "type": "choices", "value": {"choices": ["spam"]}},
                              {"from_name": "c", "type": "choices", "value": ["garbled"]}]}
     assert annotation_fields(annotation, {"id": 9, "data": {"text": "hi"}}) == (3, 9, {"text": "hi"},
-                                                                                {"c": ["spam"]}, False)
+                                                                                {"c": ["spam"]}, False, False)
+    # Label Studio's ground-truth mark makes the annotation a test item (only a real true counts)
+    assert annotation_fields({**annotation, "ground_truth": True}, {"id": 9}).ground_truth is True
+    assert annotation_fields({**annotation, "ground_truth": "false"}, {"id": 9}).ground_truth is False
     # a task given only by the annotation's "task" (webhook without task), a skipped annotation
     fields = annotation_fields({"id": 4, "task": 10, "was_cancelled": True}, {})
     assert (fields.task_id, fields.data, fields.labels, fields.cancelled) == (10, {}, {}, True)

@@ -54,8 +54,9 @@ class FakeLabelStudio:
     def model_versions(self, project):
         return self.versions
 
-    def delete_model_version(self, project, version):
+    def delete_model_version(self, project, version, shown=None):
         self.deleted.append(version)
+        self.shown = shown
         return self.versions[version]
 
 
@@ -64,5 +65,6 @@ def test_only_this_backends_superseded_versions_are_deleted():
     api = FakeLabelStudio({current: 10, "st-minilm/v2-0123456789": 10, "st-minilm/zeroshot-abcdef0123": 7,
                            "clip-ViT-B-32-x/v1-0123456789": 5,  # another backend (other encoder) on the project
                            "search:horse": 3, "other-model": 1})
-    assert delete_superseded(api, "1", current) == 17
+    assert delete_superseded(api, "1", current, shown="clip-al") == 17
+    assert api.shown == "clip-al"  # Label Studio clears the project's version on a deletion: it is set again
     assert sorted(api.deleted) == ["st-minilm/v2-0123456789", "st-minilm/zeroshot-abcdef0123"]

@@ -5,6 +5,7 @@ import pytest
 
 from backend.flows.predict import priorities as queue_priorities
 from backend.flows.project_model import BACKEND_VERSION
+from backend.flows.rank import rank_batch, sync_labeled
 from backend.state.rankings import save_ranking
 from backend.web import create_app
 from backend.config import Settings, SettingsError
@@ -85,6 +86,33 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
     # outside the batch, the order is by margin: the queue continues by uncertainty
     rest = np.flatnonzero(~batch)
     assert np.all(np.diff(margins[rest][np.argsort(p[rest])]) >= -1e-6)
+
+
+def test_the_next_batch_is_found_through_the_vector_store(app, sms_tasks):
+    """Project 23 is trained (above): the batch comes from Chroma, labeled tasks are flagged there."""
+    services = app.extensions["runtime"].services
+    model = services.model("23", SMS_CONFIG)
+    model.refresh()
+    labeled, unlabeled = sms_tasks[:15] + sms_tasks[60:75], sms_tasks[15:60] + sms_tasks[75:120]
+    labeled_ids, model_dir = {t["id"] for t in labeled}, services.settings.model_dir
+    model.embed_tasks(unlabeled)
+    assert sync_labeled(model, model_dir, labeled_ids) in (0, 30)  # the training run may have flagged them
+    assert sync_labeled(model, model_dir, labeled_ids) == 0  # a run touches only what changed
+    (known,) = model.infer(labeled).values()
+    classes = np.array([known.target.outputs.index(labeled[i]["truth"]) for i in known.indices])
+    batch = rank_batch(model, BATCH, "boundary", {"label": (known.embeddings, classes)}, audit_pending=[],
+                       audit_new=2, sample_size=100, seed=1)
+    order = sorted(batch.priorities, key=batch.priorities.get)
+    assert len(order) == BATCH and not set(order) & labeled_ids and batch.strategy == "boundary"
+    assert len(batch.audit) == 2 and set(batch.audit) <= set(order)
+    assert order[0] not in batch.audit and order[-1] not in batch.audit  # spread through the batch
+    (inference,) = model.infer(unlabeled).values()
+    margin = dict(zip([unlabeled[i]["id"] for i in inference.indices], top2_margin(inference.proba)))
+    picked = [t for t in order if t not in batch.audit]
+    assert np.mean([margin[t] for t in picked]) < np.mean(list(margin.values()))  # near the boundary
+    assert {t: p["score"] for t, p in batch.predictions.items()} == batch.priorities
+    # an annotation deleted: the task is back in the store's pool
+    assert sync_labeled(model, model_dir, labeled_ids - {labeled[0]["id"]}) == 1
 
 
 def test_predict_serves_the_saved_ranking_of_its_version_only(app, sms_tasks, tmp_path):

@@ -20,6 +20,9 @@ _UPSERT_CHUNK = 2000
 # Up to this many labeled task ids are excluded inside Chroma (a metadata `$nin` filter; SQLite caps
 # the number of bound variables); more are dropped after an over-fetching query.
 MAX_NIN = 5000
+# Records of labeled tasks carry {"labeled": True}; "$ne" also matches records written before the flag
+# existed, so an older store needs no migration.
+UNLABELED = {"labeled": {"$ne": True}}
 
 
 def content_hash(value) -> str:
@@ -112,6 +115,63 @@ class EmbeddingStore:
 
     def count(self, project: str, encoder_id: str) -> int:
         return self.collection(project, encoder_id).count()
+
+    def mark_labeled(self, project: str, encoder_id: str, field: str, task_ids, labeled: bool = True) -> None:
+        """Flag the tasks' records labeled (or not), so queue searches skip them inside Chroma.
+        Tasks without a record are ignored by Chroma."""
+        ids = [record_id(t, field) for t in task_ids]
+        coll = self.collection(project, encoder_id)
+        for start in range(0, len(ids), _UPSERT_CHUNK):
+            chunk = ids[start:start + _UPSERT_CHUNK]
+            coll.update(ids=chunk, metadatas=[{"labeled": bool(labeled)} for _ in chunk])
+
+    def unlabeled_index(self, project: str, encoder_id: str, field: str) -> "CollectionIndex":
+        """The field's unlabeled records as a VectorIndex (keys: record ids)."""
+        return CollectionIndex(self.collection(project, encoder_id), where={"$and": [{"field": field}, UNLABELED]})
+
+    def existing(self, project: str, encoder_id: str, ids: list[str]) -> set[str]:
+        """Which of these record ids are stored (ids only: no embeddings read)."""
+        found: set[str] = set()
+        coll = self.collection(project, encoder_id)
+        for start in range(0, len(ids), _UPSERT_CHUNK):
+            found.update(coll.get(ids=ids[start:start + _UPSERT_CHUNK], include=[])["ids"])
+        return found
+
+    def embeddings(self, project: str, encoder_id: str, ids: list[str]) -> dict[str, np.ndarray]:
+        """{record id: embedding} of the records that exist."""
+        found: dict[str, np.ndarray] = {}
+        coll = self.collection(project, encoder_id)
+        for start in range(0, len(ids), _UPSERT_CHUNK):
+            got = coll.get(ids=ids[start:start + _UPSERT_CHUNK], include=["embeddings"])
+            found.update((rid, np.asarray(e, np.float32)) for rid, e in zip(got["ids"], got["embeddings"]))
+        return found
+
+    def sample_unlabeled(self, project: str, encoder_id: str, field: str, n: int, rng: np.random.Generator,
+                         exclude: set[int] = frozenset(), runs: int = 1) -> tuple[list[int], np.ndarray]:
+        """(task ids, embeddings) of up to n unlabeled records of the field, not in ``exclude``.
+
+        Chroma has no random sample. runs=1 draws each record at a uniform random position of the
+        collection and rejects labeled ones (an exactly uniform draw, for the audit sample: one query per
+        record); runs > 1 reads n/runs consecutive records from each of ``runs`` random positions (cheap, nearly
+        uniform: storage order is insertion order, unrelated to labels; for pair statistics)."""
+        coll = self.collection(project, encoder_id)
+        total = coll.count()
+        if total == 0 or n <= 0:
+            return [], np.zeros((0, 0), np.float32)
+        per_read = 1 if runs <= 1 else max(1, -(-n // runs))
+        tasks: dict[int, np.ndarray] = {}
+        for _ in range(20 * -(-n // per_read) + 16):  # rejections: labeled, other fields, duplicates
+            if len(tasks) >= n:
+                break
+            offset = int(rng.integers(0, max(1, total - per_read + 1)))
+            got = coll.get(limit=per_read, offset=offset, include=["embeddings", "metadatas"])
+            for meta, emb in zip(got["metadatas"], got["embeddings"]):
+                meta = meta or {}
+                task = int(meta.get("task_id", -1))
+                if meta.get("field") == field and not meta.get("labeled") and task >= 0 and task not in exclude:
+                    tasks.setdefault(task, np.asarray(emb, np.float32))
+        ids = list(tasks)[:n]
+        return ids, (np.stack([tasks[t] for t in ids]) if ids else np.zeros((0, 0), np.float32))
 
     def nearest(self, project: str, encoder_id: str, vector: np.ndarray, k: int, field: str,
                 exclude: set[int] = frozenset(), total: int | None = None) -> list[tuple[int, float]]:

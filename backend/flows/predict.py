@@ -25,6 +25,11 @@ class QueueOptions:
     batch: int = 50
     view: str = "Boundary first"  # Data Manager tab ordered by our scores ("" = none)
     uncertainty_sampling: bool = False
+    sample: int = 4000  # unlabeled records a run reads for its statistics (flows/rank.py)
+    audit_share: float = 0.1  # share of each batch drawn uniformly from the unlabeled pool (the audit sample)
+    audit_half_width: float = 0.03  # stop drawing audit items once accuracy is known to +/- this (95%)
+    cold_start_sample: int = 2000  # tasks embedded before the first batch; the rest in the background
+    full_reconcile_s: float = 86400.0  # a run lists every task at most this often (else only changes)
 
 
 def predict(model: ProjectModel, tasks: list, queue: QueueOptions, progress=None,

@@ -1,9 +1,9 @@
-"""Rank -> push: after a training run (and at cold start, from zero-shot) every unlabeled task gets a
-prediction whose score is its queue priority, and Label Studio is told to serve tasks in that order.
+"""Push: after a training run (and at cold start) the ranked batch (flows/rank.py) replaces the previous
+one in Label Studio, whose queue serves it first; the serving version's superseded predictions go.
 
-Priorities come from a query strategy (backend.queue): before any trained head ColdStart, after it
-QUEUE_STRATEGY. The last ranking is saved (backend.state.rankings), so /predict of a ranked task
-returns the score Label Studio already sorts by.
+Label Studio holds at most about one prediction of ours per task (live or imported, current version)
+plus the batch. The last batch is saved (backend.state.rankings), so the next run replaces exactly it
+and /predict of a batch task returns the score Label Studio sorts by.
 """
 from __future__ import annotations
 
@@ -14,41 +14,71 @@ from collections import defaultdict
 
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
-from ..queue.cold_start import ColdStart
-from ..state.rankings import sampling_marker_exists, save_ranking, write_sampling_marker
-from .predict import QueueOptions, priorities, to_predictions
+from ..state.rankings import load_ranking, sampling_marker_exists, save_ranking, write_sampling_marker
+from .predict import QueueOptions
 from .project_model import BACKEND_VERSION, ProjectModel
+from .rank import RankedBatch
 
 logger = logging.getLogger(__name__)
 
 
-def publish_ranking(api: LabelStudioAPI, project: str, model: ProjectModel, unlabeled: list[dict],
-                    labeled: dict, queue: QueueOptions) -> dict:
-    """Rank the unlabeled tasks, push them as predictions of the serving version, make Label Studio
-    order the queue by them. Returns a summary."""
+def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch: RankedBatch,
+                  queue: QueueOptions) -> dict:
+    """Write the batch to Label Studio in place of the previous one and make its queue serve it first.
+
+    Versions (Label Studio 1.23.2): the project's model_version names our ML backend (its title, as
+    Label Studio sets it on connecting), which makes Label Studio ask /predict live for any opened task
+    without a prediction of the current version, so every task shows the current head. Uncertainty
+    sampling only sees predictions of the project's model_version: the batch goes under that name with
+    score = priority. Superseded predictions of our earlier versions are deleted; other models'
+    predictions and bulk labels are never touched. Returns a summary."""
     started = time.perf_counter()
-    version = model.model_version
-    inferred = model.infer(unlabeled)
-    ranked = priorities(model, unlabeled, inferred, queue.strategy, queue.batch, labeled)
-    predictions = to_predictions(unlabeled, inferred, ranked, version)
-    rows = [{"task": task["id"], **p} for task, p in zip(unlabeled, predictions) if p]
-    strategy = queue.strategy if model.trained else ColdStart.name
+    shown = api.project_model_version(int(project))
+    tag = queue_tag(api, project, model, shown)
     changes = {}  # the project is set up first, so a project showing our version is fully set up
     if queue.view:
         changes["view"] = api.ensure_view(int(project), queue.view, ["tasks:predictions_score"], UNLABELED_FILTER)
     if queue.uncertainty_sampling:
         changes["sampling"] = switch_sampling_once(api, project, queue)
-    pushed, already = push_new(api, project, rows, version)
-    save_ranking(queue.model_dir, project, version, strategy, {t: p for t, p in ranked.items() if t in pushed})
-    deleted = 0
-    if pushed or already:  # Label Studio refuses a model_version that no prediction carries (empty project)
-        # uncertainty sampling and the score column only look at predictions of the project's model_version
-        api.set_model_version(int(project), version)
-        deleted = delete_superseded(api, project, version)
-    summary = {"model_version": version, "strategy": strategy, "ranked": len(pushed), "skipped": len(already),
-               "deleted": deleted, "seconds": round(time.perf_counter() - started, 3), **changes}
-    logger.info("project %s: queue re-ranked: %s", project, summary)
+    previous = load_ranking(queue.model_dir, project) or {}
+    stale = []
+    if previous.get("pushed_as") == tag and previous.get("priorities"):
+        stale = api.prediction_ids(int(project), list(previous["priorities"]), tag)
+    rows = [{"task": t, **p, "model_version": tag} for t, p in batch.predictions.items()]
+    with _push_locks[str(project)]:
+        api.push_predictions(int(project), rows)
+    replaced = api.delete_predictions(stale)  # after the push: the queue never runs empty meanwhile
+    save_ranking(queue.model_dir, project, batch.version, batch.strategy, batch.priorities, pushed_as=tag,
+                 audit=batch.audit)
+    shows = tag if rows and (not shown or BACKEND_VERSION.match(shown)) else shown
+    if shows != shown:
+        api.set_model_version(int(project), shows)  # after the push: Label Studio refuses a version no prediction carries
+    deleted = delete_superseded(api, project, batch.version, keep=tag, shown=shows)
+    summary = {"model_version": batch.version, "queue_version": tag, "project_version": shows,
+               "live": tag != batch.version,
+               "strategy": batch.strategy, "ranked": len(rows), "audit": len(batch.audit), "replaced": replaced,
+               "deleted": deleted, "sampled": batch.sampled, "seconds": round(time.perf_counter() - started, 3),
+               **changes}
+    logger.info("project %s: queue batch published: %s", project, summary)
     return summary
+
+
+def queue_tag(api: LabelStudioAPI, project: str, model: ProjectModel, shown: str | None) -> str:
+    """The model_version the batch goes under: the title of our ML backend (found by the version its
+    /setup answered, or the project's only backend) when the project shows (``shown``) that title, no
+    version, or one of our own version names (an earlier release set those); the project is then
+    switched to the title. A project showing another model's version keeps it (the user chose it): the
+    batch goes under our version, out of the queue's sight. Without a backend: our version."""
+    backends = api.ml_backends(int(project))
+    prefix = model.model_version.split("/", 1)[0] + "/"
+    ours = [b for b in backends if str(b.get("model_version") or "").startswith(prefix)] or \
+        (backends if len(backends) == 1 else [])
+    titles = [b["title"] for b in ours if b.get("title")]
+    if shown and shown in titles:
+        return shown
+    if titles and (not shown or BACKEND_VERSION.match(shown)):
+        return titles[0]
+    return model.model_version
 
 
 _push_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -66,16 +96,18 @@ def push_new(api: LabelStudioAPI, project: str, rows: list[dict], version: str) 
     return {r["task"] for r in fresh}, already
 
 
-def delete_superseded(api: LabelStudioAPI, project: str, current: str) -> int:
+def delete_superseded(api: LabelStudioAPI, project: str, current: str, keep: str | None = None,
+                      shown: str | None = None) -> int:
     """Delete the predictions of this backend's earlier versions (every unlabeled task now holds one of
     ``current``), so Label Studio holds about one of ours per task instead of one per version and run.
     Only versions named by the same encoders are ours: predictions of other models, of a backend with
-    other encoders and bulk labels ("search:<query>") are never touched."""
+    other encoders and bulk labels ("search:<query>") are never touched. ``shown``: the project's
+    model version, kept through the deletions (Label Studio would clear it)."""
     deleted, encoders = 0, current.split("/", 1)[0] + "/"
     try:
         for version in api.model_versions(int(project)):
-            if version != current and version.startswith(encoders) and BACKEND_VERSION.match(version):
-                deleted += api.delete_model_version(int(project), version)
+            if version not in (current, keep) and version.startswith(encoders) and BACKEND_VERSION.match(version):
+                deleted += api.delete_model_version(int(project), version, shown=shown)
     except Exception as exc:  # the queue is ranked anyway; the next run tries again
         logger.warning("project %s: could not delete superseded predictions: %s", project, exc)
     return deleted

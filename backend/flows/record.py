@@ -31,7 +31,7 @@ def record_event(log: AnnotationLog, event: WebhookEvent) -> dict:
             if len(ids) < len(event.annotations or []):
                 result["warning"] = f"{len(event.annotations) - len(ids)} entries without a Label Studio id skipped"
             return result
-        log.request_training(project, label_config)  # START_TRAINING
+        log.want_full_reconcile(project, label_config)  # START_TRAINING: the user asks for a full sync
         return {"status": "accepted", "recorded": 0}
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         logger.warning("project %s: unreadable %s payload (%s); reconciling on the next run", project,

@@ -1,5 +1,11 @@
-"""Annotations -> new version: reconcile with Label Studio -> train and select a head per target ->
-save the version with its report -> re-rank the queue (publish.py).
+"""Annotations -> new version: reconcile with Label Studio -> train and select a head per target (the
+audit sample is the test set, never trained on) -> save the version with its report -> rank the next
+batch (rank.py) -> push it (publish.py).
+
+A run's Label Studio traffic does not grow with the project: annotations arrive by webhook (already in
+the log), and a run only lists the tasks Label Studio changed since the last one. Every task is listed
+when asked (START_TRAINING), on a project's first run, and at most every FULL_RECONCILE_S after the
+batch is published.
 
 One call is one training run on a snapshot of the annotation log; the caller (backend.runtime) marks
 the generation trained when it returns, so annotations arriving meanwhile are trained on next time.
@@ -15,19 +21,25 @@ from typing import Callable
 
 import numpy as np
 
+from ..embed.store import record_id
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.labelconfig import Target
+from ..learn.audit import audit_wanted
 from ..learn.report import write_report
 from ..learn.selection import train_and_select
 from ..state.annotations import AnnotationLog, LabeledTask, ReconcileRefused
-from ..state.rankings import ranked_version
+from ..state.rankings import load_ids, ranked_version, save_ids
 from ..state.versions import ModelVersion, VersionStore
 from .predict import QueueOptions
 from .project_model import ProjectModel
-from .publish import publish_ranking
+from .publish import publish_batch
+from .rank import rank_batch, sync_labeled
+from .review import publish_review, to_review
 from .record import annotation_record
 
 logger = logging.getLogger(__name__)
+
+RECONCILE_SLACK_S = 5.0  # an incremental reconcile re-reads this much before the last one (clock skew)
 
 
 @dataclass
@@ -39,6 +51,8 @@ class TrainingRun:
     api: LabelStudioAPI | None  # None: Label Studio unknown, train on the log alone and rank nothing
     queue: QueueOptions
     bound_url: str | None = None  # a /setup URL to record as working once a reconcile through it succeeds
+    # embed_later(project, label_config, tasks): embeds (and pre-annotates) tasks in the background
+    embed_later: Callable[[str, str | None, list], int] | None = None
 
 
 @dataclass
@@ -46,6 +60,8 @@ class RunResult:
     version: ModelVersion | None = None  # None: no usable labels yet, zero-shot keeps serving
     ranking: dict | None = None  # the queue re-ranking's summary, when one was published
     phases: dict[str, float] = field(default_factory=dict)  # reconcile, embed, select, save, publish: seconds
+    reconciled: dict = field(default_factory=dict)  # {"full": bool, "tasks": tasks listed by Label Studio}
+    review: dict | None = None  # what the label-error review tab shows now (flows/review.py)
 
 
 @dataclass
@@ -60,10 +76,13 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
     started = time.perf_counter()
     result = RunResult()
     with _phase(result, "reconcile"):
-        unlabeled = reconcile(run, project, label_config)
+        listed = reconcile(run, project, label_config, full=_full_reconcile_due(run, project, at_start=True),
+                           seen=result.reconciled)
     with _phase(result, "embed"):
         model = run.model_for(project, label_config)
         model.load()
+        if listed is not None:
+            _embed_pool(run, project, label_config, model, listed)
         rows = run.log.labeled_tasks(project)
         data = {t.from_name: d for t in model.config.targets if (d := labeled_data(model, t, rows)) is not None}
     anchors = {name: (d.embeddings, d.first) for name, d in data.items()}
@@ -71,15 +90,16 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
         logger.info("project %s: no usable labels yet; zero-shot keeps serving", project)
         if run.api is not None and ranked_version(run.queue.model_dir, project) != model.model_version:
             with _phase(result, "publish"):  # cold start: zero-shot + typicality
-                result.ranking = _publish(run, project, model, unlabeled, anchors)
+                result.ranking = _publish(run, project, model, {t.task_id for t in rows}, anchors)
         return result
+    audit = audit_tasks(run, project, rows)
     with _phase(result, "select"):
         number = run.versions.next_number(project)
         heads, reports = {}, {}
         for target in model.config.targets:
             if target.from_name in data:
                 heads[target.from_name], reports[target.from_name] = select_head(
-                    run, project, model, target, data[target.from_name], model.version_name(number))
+                    run, project, model, target, data[target.from_name], model.version_name(number), audit)
     with _phase(result, "save"):
         result.version = save_version(run, project, model, heads, reports, generation, len(rows), started)
         model.refresh()
@@ -87,7 +107,14 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
                 time.perf_counter() - started)
     if run.api is not None:
         with _phase(result, "publish"):
-            result.ranking = _publish(run, project, model, unlabeled, anchors)
+            result.ranking = _publish(run, project, model, {t.task_id for t in rows}, anchors,
+                                      _audit_wanted(run, reports))
+        with _phase(result, "review"):
+            result.review = _review(run, project, model, rows, reports, (result.ranking or {}).get("project_version"))
+        if _full_reconcile_due(run, project, at_start=False):
+            with _phase(result, "full_reconcile"):  # after the batch is out: off the critical path
+                listed = reconcile(run, project, label_config, full=True, seen=result.reconciled)
+                _embed_pool(run, project, label_config, model, listed or [])
     return result
 
 
@@ -101,22 +128,69 @@ def _phase(result: RunResult, name: str):
         result.phases[name] = round(time.perf_counter() - started, 3)
 
 
-def reconcile(run: TrainingRun, project: str, label_config: str | None) -> list[dict]:
-    """Make Label Studio's annotations the log's truth; returns the unlabeled tasks ([] without Label Studio).
+def _full_reconcile_due(run: TrainingRun, project: str, at_start: bool) -> bool:
+    """At the start of a run: asked for (START_TRAINING) or never done. After it: older than FULL_RECONCILE_S."""
+    if run.api is None:
+        return False
+    _, full_at, wanted = run.log.reconcile_state(project)
+    if at_start:
+        return wanted or full_at is None
+    return time.time() - full_at > run.queue.full_reconcile_s
+
+
+def reconcile(run: TrainingRun, project: str, label_config: str | None, full: bool,
+              seen: dict | None = None) -> list[dict] | None:
+    """Make Label Studio's annotations the log's truth: every task (full), or the tasks Label Studio
+    changed since the last reconcile. Returns the unlabeled tasks after a full reconcile, else None.
     Raises ReconcileRefused, changing nothing, when Label Studio lists no task of a project with recorded
     annotations, or none of its recorded labels (replace_all): likely the wrong Label Studio, not a wipe."""
     if run.api is None:
-        return []
-    labeled_pairs, unlabeled = run.api.tasks(int(project))
-    recorded = run.log.count(project)
-    if recorded and not labeled_pairs and not unlabeled:
-        raise ReconcileRefused(f"reconcile not applied: Label Studio lists no task of project {project}, which "
-                               f"has {recorded} recorded annotations; is the project bound to the right Label "
-                               "Studio? (LABEL_STUDIO_URL, /setup)")
-    run.log.replace_all(project, [annotation_record(a, t) for a, t in labeled_pairs], label_config)
+        return None
+    started = time.time()
+    reconciled_at, _, _ = run.log.reconcile_state(project)
+    if full or reconciled_at is None:
+        labeled_pairs, unlabeled = run.api.tasks(int(project))
+        recorded = run.log.count(project)
+        if recorded and not labeled_pairs and not unlabeled:
+            raise ReconcileRefused(f"reconcile not applied: Label Studio lists no task of project {project}, which "
+                                   f"has {recorded} recorded annotations; is the project bound to the right Label "
+                                   "Studio? (LABEL_STUDIO_URL, /setup)")
+        run.log.replace_all(project, [annotation_record(a, t) for a, t in labeled_pairs], label_config)
+    else:
+        labeled_pairs, listed = run.api.changed_tasks(int(project), reconciled_at - RECONCILE_SLACK_S)
+        run.log.apply_changes(project, listed, [annotation_record(a, t) for a, t in labeled_pairs])
+        unlabeled = None
+    if seen is not None:
+        seen.update(full=unlabeled is not None,
+                    tasks=len(labeled_pairs) + len(unlabeled) if unlabeled is not None else len(listed))
+    run.log.mark_reconciled(project, started, full=unlabeled is not None)
     if run.bound_url:
         run.log.mark_reached(project, run.bound_url)
     return unlabeled
+
+
+def _embed_pool(run: TrainingRun, project: str, label_config: str | None, model: ProjectModel,
+                unlabeled: list[dict]) -> None:
+    """After listing every task: the unlabeled tasks not in the store yet are embedded, a random
+    COLD_START_SAMPLE of them now before the first trained version (the first batch is ranked from the
+    store), the rest in the background (embed_later: pre-annotation), so every task can reach the queue."""
+    if model.store is None:  # Chroma unavailable: tasks are embedded when Label Studio asks for them
+        return
+    target = model.config.targets[0]
+    stored = model.store.existing(model.project_id, model.encoder_ids[target.to_name],
+                                  [record_id(t["id"], target.to_name) for t in unlabeled])
+    missing = [t for t in unlabeled if record_id(t["id"], target.to_name) not in stored]
+    if not missing:
+        return
+    rng = np.random.default_rng(int(project) if str(project).isdigit() else 0)
+    missing = [missing[i] for i in rng.permutation(len(missing))]
+    now = [] if model.trained else missing[:run.queue.cold_start_sample]
+    if now:
+        model.embed_tasks(now)
+    if run.embed_later is not None and len(missing) > len(now):
+        queued = run.embed_later(project, label_config, missing[len(now):])
+        logger.info("project %s: %d tasks not embedded yet: %d queued for background pre-annotation", project,
+                    len(missing) - len(now), queued)
 
 
 def labeled_data(model: ProjectModel, target: Target, rows: list[LabeledTask]) -> _Labeled | None:
@@ -141,12 +215,12 @@ def labeled_data(model: ProjectModel, target: Target, rows: list[LabeledTask]) -
 
 
 def select_head(run: TrainingRun, project: str, model: ProjectModel, target: Target, data: _Labeled,
-                version: str):
+                version: str, audit: set[int]):
     zero_shot = model.zero_shot_head(target)
     history = [r for v in run.versions.all(project) if (r := target_report(v, target.from_name))]
     return train_and_select(data.embeddings, data.y, [t["id"] for t in data.tasks], zero_shot.prototypes,
                             zero_shot.logit_scale, target.outputs, target.multiple, history=history,
-                            version=version)
+                            version=version, audit_ids=audit)
 
 
 def save_version(run: TrainingRun, project: str, model: ProjectModel, heads: dict, reports: dict,
@@ -176,9 +250,51 @@ def target_report(version: ModelVersion, from_name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _publish(run: TrainingRun, project: str, model: ProjectModel, unlabeled: list[dict], anchors: dict):
+def audit_tasks(run: TrainingRun, project: str, rows: list[LabeledTask]) -> set[int]:
+    """The test set: labeled tasks of the audit sample (drawn uniformly by earlier runs, flows/rank.py)
+    and annotations Label Studio marks as ground truth."""
+    drawn = load_ids(run.queue.model_dir, project, "audit")
+    return {row.task_id for row in rows if row.task_id in drawn or row.ground_truth}
+
+
+def _review(run: TrainingRun, project: str, model: ProjectModel, rows: list[LabeledTask], reports: dict,
+            shown: str | None):
+    """Show the primary target's suspected label errors in Label Studio's review tab (``shown``: the
+    project's model version, which the review's deletion must not clear)."""
+    target = model.config.targets[0]
+    report = reports.get(target.from_name)
+    if report is None:
+        return None
     try:
-        return publish_ranking(run.api, project, model, unlabeled, anchors, run.queue)
+        flagged = to_review(run.queue.model_dir, project, rows, report.get("label_errors") or [])
+        return publish_review(run.api, project, target, model.model_version, flagged, shown)
+    except Exception as exc:  # the version serves anyway; the next run shows the review again
+        logger.warning("project %s: could not update the label review in Label Studio: %s", project, exc)
+        return None
+
+
+def _audit_wanted(run: TrainingRun, reports: dict) -> bool:
+    """Keep drawing audit items until the primary target's accuracy is known to +/- audit_half_width."""
+    return audit_wanted((next(iter(reports.values()), None) or {}).get("audit"), run.queue.audit_half_width)
+
+
+def _publish(run: TrainingRun, project: str, model: ProjectModel, labeled: set[int], anchors: dict,
+             audit_wanted: bool = True):
+    queue = run.queue
+    if model.store is None:
+        logger.warning("project %s: no embedding store (Chroma unavailable): the queue is not ranked", project)
+        return None
+    try:
+        sync_labeled(model, queue.model_dir, labeled)
+        drawn = load_ids(queue.model_dir, project, "audit")
+        pending = sorted(drawn - labeled)
+        new = max(0, round(queue.batch * queue.audit_share) - len(pending)) if audit_wanted else 0
+        batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample)
+        if batch is None:
+            logger.info("project %s: no unlabeled task embedded yet; nothing to rank", project)
+            return None
+        save_ids(queue.model_dir, project, "audit", drawn | set(batch.audit))
+        return publish_batch(run.api, project, model, batch, queue)
     except Exception as exc:  # the version serves anyway; the next run ranks again
-        logger.warning("project %s: could not re-rank the queue in Label Studio: %s", project, exc)
+        logger.warning("project %s: could not publish the queue batch to Label Studio: %s", project, exc)
         return None

@@ -38,15 +38,50 @@ class LabelStudioAPI:
 
     def tasks(self, project: int) -> tuple[list[tuple[dict, dict]], list[dict]]:
         """(labeled, unlabeled): labeled = (latest live annotation, task) pairs; unlabeled = tasks."""
-        labeled, unlabeled = [], []
-        for task in self._all_tasks(project):
-            task_dict = {"id": task.id, "data": task.data}
-            latest = latest_live_annotation(task.annotations)
-            if latest is not None:
-                labeled.append((latest, task_dict))
-            elif not (task.annotations or []):
-                unlabeled.append(task_dict)
-        return labeled, unlabeled
+        return _split(self._all_tasks(project))
+
+    def changed_tasks(self, project: int, since: float) -> tuple[list[tuple[dict, dict]], list[int]]:
+        """(labeled pairs as in tasks(), ids of every listed task) of the tasks Label Studio updated after
+        ``since`` (epoch seconds): creating, changing and deleting annotations touch a task's updated_at."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
+        query = json.dumps({"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}]}})
+        tasks = list(self.client.tasks.list(project=int(project), fields="all", query=query, page_size=500))
+        return _split(tasks)[0], [task.id for task in tasks]
+
+    def project_model_version(self, project: int) -> str | None:
+        return getattr(self.client.projects.get(id=int(project)), "model_version", None) or None
+
+    def ml_backends(self, project: int) -> list[dict]:
+        """The project's ML backends: [{"id", "title", "url", "model_version"}] (model_version: what its
+        /setup answered last)."""
+        answer = self._request("GET", "/api/ml/", params={"project": int(project)}).json()
+        return [{k: b.get(k) for k in ("id", "title", "url", "model_version")} for b in answer
+                if isinstance(b, dict)]
+
+    def prediction_ids(self, project: int, task_ids: list[int], model_version: str) -> list[int]:
+        """Ids of the predictions of this model version held by these tasks (one listing of just them)."""
+        found = []
+        for task in self._selected(project, task_ids):
+            found += [p.get("id") if isinstance(p, dict) else getattr(p, "id", None) for p in task.predictions or []
+                      if _version_of(p) == model_version]
+        return [int(i) for i in found if i is not None]
+
+    def create_prediction(self, row: dict) -> int:
+        """One prediction (task, result, score, model_version); returns its id."""
+        return int(self._request("POST", "/api/predictions/", json=row).json()["id"])
+
+    def delete_predictions(self, prediction_ids: list[int]) -> int:
+        """Delete predictions one by one (Label Studio has no bulk delete by id); returns how many went."""
+        deleted = 0
+        for prediction_id in prediction_ids:
+            try:
+                self._request("DELETE", f"/api/predictions/{int(prediction_id)}/")
+                deleted += 1
+            except requests.HTTPError as exc:
+                if exc.response is None or exc.response.status_code != 404:  # 404: gone already
+                    raise
+        return deleted
 
     def push_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:
         for start in range(0, len(predictions), chunk):
@@ -58,23 +93,30 @@ class LabelStudioAPI:
 
     def tasks_with_prediction(self, project: int, task_ids: list[int], model_version: str) -> set[int]:
         """Which of these tasks hold a prediction of this model version (one listing of just them)."""
-        found = set()
+        return {task.id for task in self._selected(project, task_ids)
+                if any(_version_of(p) == model_version for p in task.predictions or [])}
+
+    def _selected(self, project: int, task_ids: list[int]):
+        """The listed tasks (fields=all), IDS_PER_QUERY per listing."""
         ids = [int(t) for t in task_ids]
         for start in range(0, len(ids), IDS_PER_QUERY):  # the ids travel in the URL: keep it short
             selected = json.dumps({"selectedItems": {"all": False, "included": ids[start:start + IDS_PER_QUERY]}})
-            for task in self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500):
-                if any(_version_of(p) == model_version for p in task.predictions or []):
-                    found.add(task.id)
-        return found
+            yield from self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500)
 
     def model_versions(self, project: int) -> dict[str, int]:
         """{model_version: number of predictions} of the project's predictions."""
         return self._request("GET", f"/api/projects/{int(project)}/model-versions/").json()
 
-    def delete_model_version(self, project: int, model_version: str) -> int:
-        """Delete every prediction of one model version in one request; returns how many went."""
+    def delete_model_version(self, project: int, model_version: str, shown: str | None = None) -> int:
+        """Delete every prediction of one model version in one request; returns how many went.
+
+        Label Studio 1.23.2 (Project.delete_predictions) also clears the project's model version when it
+        names an ML backend, whatever version is deleted, which turns uncertainty sampling into random
+        sampling. ``shown``: the project's model version, set again right after the deletion."""
         answer = self._request("DELETE", f"/api/projects/{int(project)}/model-versions/",
                                json={"model_version": model_version}).json()
+        if shown and shown != model_version:
+            self.set_model_version(project, shown)
         return int(answer.get("deleted_predictions", 0)) if isinstance(answer, dict) else 0
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
@@ -104,6 +146,20 @@ class LabelStudioAPI:
             data["filters"] = filters
         self.client.views.create(project=int(project), data=data)
         return "created"
+
+
+def _split(tasks) -> tuple[list[tuple[dict, dict]], list[dict]]:
+    """(labeled, unlabeled): (latest live annotation, task) pairs, and tasks without any annotation
+    (a task whose only annotations are skips is neither: not a label, not to be served again)."""
+    labeled, unlabeled = [], []
+    for task in tasks:
+        task_dict = {"id": task.id, "data": task.data}
+        latest = latest_live_annotation(task.annotations)
+        if latest is not None:
+            labeled.append((latest, task_dict))
+        elif not (task.annotations or []):
+            unlabeled.append(task_dict)
+    return labeled, unlabeled
 
 
 def _version_of(prediction) -> str | None:

@@ -79,6 +79,7 @@ class AnnotationFields(NamedTuple):
     data: dict
     labels: dict  # from_name -> list of chosen outputs
     cancelled: bool
+    ground_truth: bool = False  # marked as ground truth in Label Studio: part of the test set
 
 
 def annotation_fields(annotation: dict, task: dict) -> AnnotationFields:
@@ -92,7 +93,8 @@ def annotation_fields(annotation: dict, task: dict) -> AnnotationFields:
     if task_number is None:
         raise ValueError("neither the task nor the annotation carries a Label Studio task id")
     return AnnotationFields(annotation_number, task_number, task.get("data") or {},
-                            choices_from_result(annotation.get("result")), bool(annotation.get("was_cancelled")))
+                            choices_from_result(annotation.get("result")), bool(annotation.get("was_cancelled")),
+                            annotation.get("ground_truth") is True)
 
 
 # -- predictions ------------------------------------------------------------------------------------

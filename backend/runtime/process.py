@@ -25,4 +25,6 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
         services = Services(settings)
-        return cls(services, make_scheduler(services), PreAnnotator(services))
+        scheduler, preannotator = make_scheduler(services), PreAnnotator(services)
+        scheduler.loop.embed_later = preannotator.submit  # the cold start embeds the rest of the pool meanwhile
+        return cls(services, scheduler, preannotator)

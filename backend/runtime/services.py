@@ -39,7 +39,9 @@ def encoder_spec(settings: Settings) -> EncoderSpec:
 
 def queue_options(settings: Settings) -> QueueOptions:
     return QueueOptions(model_dir=settings.model_dir, strategy=settings.queue_strategy, batch=settings.queue_batch,
-                        view=settings.queue_view, uncertainty_sampling=settings.uncertainty_sampling)
+                        view=settings.queue_view, uncertainty_sampling=settings.uncertainty_sampling,
+                        sample=settings.queue_sample, audit_share=settings.audit_share,
+                        cold_start_sample=settings.cold_start_sample, full_reconcile_s=settings.full_reconcile_s)
 
 
 def fetcher_kwargs(settings: Settings, connection: Connection | None = None) -> dict:

@@ -31,6 +31,7 @@ class TrainingLoop:
         self.last_error: dict[str, str] = {}
         self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
         self.last_run: dict[str, dict] = {}  # project -> version, generation, seconds per phase of the last run
+        self.embed_later = None  # (project, label_config, tasks) -> queued: background pre-annotation, if any
 
     def run(self, project: str) -> bool:
         """Train until every recorded generation is trained on; False if a run failed."""
@@ -40,7 +41,9 @@ class TrainingLoop:
             if generation <= trained:
                 return True
             try:
-                result = train_once(self.services.training_run(project), project, generation, label_config)
+                run = self.services.training_run(project)
+                run.embed_later = self.embed_later
+                result = train_once(run, project, generation, label_config)
             except Exception as exc:
                 self.failures[project] += 1
                 self.last_error[project] = f"{type(exc).__name__}: {exc}"
@@ -50,8 +53,8 @@ class TrainingLoop:
                     logger.exception("project %s: training failed; the last good version keeps serving", project)
                 return False  # retried on the next event or restart
             if result.ranking is not None:
-                self.last_ranking[project] = result.ranking
-            self.last_run[project] = {"generation": generation, "phases": result.phases,
+                self.last_ranking[project] = {**result.ranking, "review": result.review}
+            self.last_run[project] = {"generation": generation, "phases": result.phases, "reconciled": result.reconciled,
                                       "seconds": round(sum(result.phases.values()), 3),
                                       "version": result.version.name if result.version else None}
             log.mark_trained(project, generation)

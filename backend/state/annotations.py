@@ -43,15 +43,23 @@ CREATE TABLE IF NOT EXISTS projects (
 PROJECT_COLUMNS = {
     "ls_url": "TEXT",  # the Label Studio URL /setup bound the project to (never a token)
     "ls_reached_at": "REAL",  # when a reconcile through ls_url last succeeded; NULL: never
+    "reconciled_at": "REAL",  # when the last reconcile (full or incremental) started; NULL: never
+    "full_reconciled_at": "REAL",  # when the last full reconcile started; NULL: never
+    "full_reconcile_wanted": "INTEGER",  # 1: the next run lists every task (START_TRAINING asked)
 }
 
 
+ANNOTATION_COLUMNS = {
+    "ground_truth": "INTEGER NOT NULL DEFAULT 0",  # marked as ground truth in Label Studio (a test item)
+    "event_at": "REAL",  # when a webhook last wrote it (a reconcile does not): someone touched the annotation
+}
+
 # A newer write of the same annotation replaces it (and revives it if it was marked deleted).
 UPSERT = (
-    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, deleted, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
+    "INSERT INTO annotations (project, annotation_id, task_id, task_data, labels, cancelled, deleted, updated_at, "
+    "ground_truth) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) "
     "ON CONFLICT(project, annotation_id) DO UPDATE SET task_id=excluded.task_id, task_data=excluded.task_data, "
-    "labels=excluded.labels, cancelled=excluded.cancelled, deleted=0, "
+    "labels=excluded.labels, cancelled=excluded.cancelled, deleted=0, ground_truth=excluded.ground_truth, "
     "updated_at=MAX(updated_at, excluded.updated_at)"
 )
 
@@ -73,11 +81,12 @@ class AnnotationRecord(NamedTuple):
     data: dict  # the task's data
     labels: dict  # from_name -> list of chosen outputs
     cancelled: bool  # a skipped task: kept, but not a label
+    ground_truth: bool = False  # Label Studio's ground-truth mark: a test item, never trained on
 
 
 def _row(project: str, record: AnnotationRecord, now: float) -> tuple:
     return (project, int(record.annotation_id), int(record.task_id), json.dumps(record.data or {}),
-            json.dumps(record.labels), int(bool(record.cancelled)), now)
+            json.dumps(record.labels), int(bool(record.cancelled)), now, int(bool(record.ground_truth)))
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ class LabeledTask:
     task_id: int
     data: dict
     labels: dict  # from_name -> list of chosen outputs
+    ground_truth: bool = False
+    event_at: float = 0.0  # when a webhook last wrote the annotation (0: only reconciles did)
 
 
 class AnnotationLog:
@@ -102,13 +113,14 @@ class AnnotationLog:
         self._lock = threading.Lock()
 
     def _add_columns(self) -> None:
-        for name, kind in PROJECT_COLUMNS.items():
-            present = {row[1] for row in self._db.execute("PRAGMA table_info(projects)")}
-            if name not in present:
-                try:
-                    self._db.execute(f"ALTER TABLE projects ADD COLUMN {name} {kind}")
-                except sqlite3.OperationalError:  # another process added it first
-                    pass
+        for table, columns in (("projects", PROJECT_COLUMNS), ("annotations", ANNOTATION_COLUMNS)):
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    try:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                    except sqlite3.OperationalError:  # another process added it first
+                        pass
 
     def _bump(self, project: str, label_config: str | None) -> None:
         self._db.execute(
@@ -132,8 +144,11 @@ class AnnotationLog:
 
     def record(self, project: str, record: AnnotationRecord, label_config: str | None = None) -> None:
         """Store (or replace) one annotation from a webhook payload or the Label Studio API."""
+        now = time.time()
         with self._transaction():
-            self._db.execute(UPSERT, _row(project, record, time.time()))
+            self._db.execute(UPSERT, _row(project, record, now))
+            self._db.execute("UPDATE annotations SET event_at = ? WHERE project = ? AND annotation_id = ?",
+                             (now, project, int(record.annotation_id)))
             self._bump(project, label_config)
 
     def delete(self, project: str, annotation_ids: list[int], label_config: str | None = None) -> int:
@@ -168,6 +183,36 @@ class AnnotationLog:
             if label_config:
                 self._db.execute("UPDATE projects SET label_config = ? WHERE project = ?", (label_config, project))
 
+    def apply_changes(self, project: str, task_ids: list[int], records: list[AnnotationRecord]) -> None:
+        """An incremental reconcile: for these tasks (changed in Label Studio) its annotations replace
+        the recorded ones; other tasks are left as they are."""
+        with self._transaction():
+            self._db.executemany("UPDATE annotations SET deleted = 1 WHERE project = ? AND task_id = ?",
+                                 [(project, int(t)) for t in task_ids])
+            now = time.time()
+            self._db.executemany(UPSERT, [_row(project, r, now) for r in records])
+
+    def want_full_reconcile(self, project: str, label_config: str | None = None) -> None:
+        """The next run lists every task of the project (and a run is requested)."""
+        with self._lock:
+            self._bump(project, label_config)
+            self._db.execute("UPDATE projects SET full_reconcile_wanted = 1 WHERE project = ?", (project,))
+
+    def reconcile_state(self, project: str) -> tuple[float | None, float | None, bool]:
+        """(reconciled_at, full_reconciled_at, full reconcile wanted)."""
+        with self._lock:
+            row = self._db.execute("SELECT reconciled_at, full_reconciled_at, full_reconcile_wanted FROM projects "
+                                   "WHERE project = ?", (project,)).fetchone()
+        return (row[0], row[1], bool(row[2])) if row else (None, None, False)
+
+    def mark_reconciled(self, project: str, started: float, full: bool) -> None:
+        with self._lock:
+            if full:
+                self._db.execute("UPDATE projects SET reconciled_at = ?, full_reconciled_at = ?, "
+                                 "full_reconcile_wanted = 0 WHERE project = ?", (started, started, project))
+            else:
+                self._db.execute("UPDATE projects SET reconciled_at = ? WHERE project = ?", (started, project))
+
     def set_label_config(self, project: str, label_config: str) -> None:
         """The labeling config /setup sent: served after a restart without another /setup."""
         with self._lock:
@@ -201,13 +246,14 @@ class AnnotationLog:
         """The latest live, non-cancelled annotation of every task (one label set per task)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT task_id, task_data, labels FROM annotations a WHERE project = ? AND deleted = 0 "
+                "SELECT task_id, task_data, labels, ground_truth, COALESCE(event_at, 0) FROM annotations a WHERE project = ? "
+                "AND deleted = 0 "
                 "AND cancelled = 0 AND labels != '{}' AND updated_at = (SELECT MAX(updated_at) FROM annotations b "
                 "WHERE b.project = a.project AND b.task_id = a.task_id AND b.deleted = 0 AND b.cancelled = 0 "
                 "AND b.labels != '{}') GROUP BY task_id ORDER BY task_id",
                 (project,),
             ).fetchall()
-        return [LabeledTask(t, json.loads(d), json.loads(lab)) for t, d, lab in rows]
+        return [LabeledTask(t, json.loads(d), json.loads(lab), bool(gt), at) for t, d, lab, gt, at in rows]
 
     def count(self, project: str) -> int:
         with self._lock:

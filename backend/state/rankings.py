@@ -1,6 +1,8 @@
-"""The last ranking of each project's labeling queue, under MODEL_DIR/rankings/: the priority of every
-ranked task, so /predict for a ranked task returns the same score Label Studio already sorts by, and
-the marker that the project's sampling was switched once (a user's later choice then stands)."""
+"""The state of each project's labeling queue, under MODEL_DIR/rankings/: the last ranked batch (the
+priority of every task in it and the model_version it was pushed under, so the next run can replace it
+and /predict returns the same score Label Studio sorts by), the audit sample drawn so far, the tasks
+flagged labeled in the embedding store, and the marker that the project's sampling was switched once
+(a user's later choice then stands)."""
 from __future__ import annotations
 
 import json
@@ -23,10 +25,12 @@ def _ranking_path(model_dir: Path, project: str) -> Path:
 
 
 def save_ranking(model_dir: Path, project: str, model_version: str, strategy: str,
-                 priorities: dict[int, float]) -> Path:
+                 priorities: dict[int, float], pushed_as: str | None = None, audit: list[int] = ()) -> Path:
+    """pushed_as: the model_version the batch's predictions carry in Label Studio (the queue's)."""
     # atomic: readers in other workers see the old or the new ranking, never half
     return atomic_write_text(_ranking_path(model_dir, project), json.dumps({
         "model_version": model_version, "strategy": strategy, "created_at": time.time(),
+        "pushed_as": pushed_as or model_version, "audit": [int(t) for t in audit],
         "priorities": {str(k): v for k, v in priorities.items()}}))
 
 
@@ -82,3 +86,38 @@ def write_sampling_marker(model_dir: Path, project: str, previous: str | None) -
     """Remember that the project's sampling was switched (and from what)."""
     return atomic_write_text(_sampling_marker(model_dir, project),
                              json.dumps({"previous": previous, "at": time.time()}))
+
+
+# -- task id sets: the audit sample, the tasks flagged labeled in the store --------------------------
+def _ids_path(model_dir: Path, project: str, name: str) -> Path:
+    return _rankings_dir(model_dir) / f"{project}.{name}.json"
+
+
+def load_ids(model_dir: Path, project: str, name: str) -> set[int]:
+    try:
+        return {int(t) for t in json.loads(_ids_path(model_dir, project, name).read_text())}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("unreadable %s set of project %s: %s", name, project, exc)
+        return set()
+
+
+def save_ids(model_dir: Path, project: str, name: str, ids) -> Path:
+    return atomic_write_text(_ids_path(model_dir, project, name), json.dumps(sorted(int(t) for t in ids)))
+
+
+def load_state(model_dir: Path, project: str, name: str) -> dict:
+    """A small JSON document of the project's queue state ({} when there is none yet)."""
+    try:
+        value = json.loads(_ids_path(model_dir, project, name).read_text())
+        return value if isinstance(value, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("unreadable %s state of project %s: %s", name, project, exc)
+        return {}
+
+
+def save_state(model_dir: Path, project: str, name: str, value: dict) -> Path:
+    return atomic_write_text(_ids_path(model_dir, project, name), json.dumps(value))

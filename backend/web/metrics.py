@@ -156,7 +156,8 @@ class _PreannotationCollector:
 
 class _TrainingCollector:
     """Per project: seconds of each phase of the last training run, and what its queue re-ranking
-    did to Label Studio's predictions (ranked = imported, skipped, deleted)."""
+    wrote to Label Studio (ranked = the batch imported, audit = audit items in it, replaced = the previous
+batch's predictions removed, deleted = superseded predictions of earlier versions)."""
 
     def __init__(self, status):
         self.status = status
@@ -165,13 +166,13 @@ class _TrainingCollector:
         status = self.status()
         phases = GaugeMetricFamily(f"{PREFIX}_last_run_seconds", "seconds per phase of the last training run",
                                    labels=["project", "phase"])
-        ranking = GaugeMetricFamily(f"{PREFIX}_last_ranking_predictions", "predictions the last queue re-ranking "
-                                    "imported (ranked), left alone (skipped) or deleted", labels=["project", "kind"])
+        ranking = GaugeMetricFamily(f"{PREFIX}_last_ranking_predictions", "predictions the last queue batch "
+                                    "imported (ranked, of them audit), replaced or deleted", labels=["project", "kind"])
         for project, run in sorted((status.get("last_run") or {}).items()):
             for phase, seconds in sorted((run.get("phases") or {}).items()):
                 phases.add_metric([project, phase], seconds)
         for project, summary in sorted((status.get("last_ranking") or {}).items()):
-            for kind in ("ranked", "skipped", "deleted"):
+            for kind in ("ranked", "audit", "replaced", "deleted"):
                 ranking.add_metric([project, kind], summary.get(kind) or 0)
         yield phases
         yield ranking

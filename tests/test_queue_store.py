@@ -53,3 +53,27 @@ def test_a_block_sample_reads_only_what_it_returns_for(store):
     store, _ = store
     ids, V = store.sample_unlabeled(PROJECT, ENCODER, "text", 40, np.random.default_rng(2), runs=4)
     assert 0 < len(ids) <= 40 and len(set(ids)) == len(ids) and V.shape[0] == len(ids)
+
+
+def test_a_sample_larger_than_the_collection_reads_it_once(store):
+    """QUEUE_SAMPLE above the project's size: every unlabeled record of the field, in one pass (not
+    random reads until a count that cannot be reached)."""
+    store, _ = store
+    store.mark_labeled(PROJECT, ENCODER, "text", range(0, 200, 2))
+    coll = store.collection(PROJECT, ENCODER)
+    reads, get = [], coll.get
+    coll.get = lambda **kw: reads.append(kw) or get(**kw)
+    ids, V = store.sample_unlabeled(PROJECT, ENCODER, "text", 4000, np.random.default_rng(3), runs=8)
+    assert sorted(ids) == list(range(1, 200, 2)) and V.shape == (100, 16)
+    assert len(reads) == 1
+
+
+def test_a_mostly_labeled_collection_stops_reading(store):
+    store, _ = store
+    store.mark_labeled(PROJECT, ENCODER, "text", range(0, 198))
+    coll = store.collection(PROJECT, ENCODER)
+    reads, get = [], coll.get
+    coll.get = lambda **kw: reads.append(kw) or get(**kw)
+    ids, _ = store.sample_unlabeled(PROJECT, ENCODER, "text", 100, np.random.default_rng(4), runs=4)
+    assert set(ids) <= {198, 199}
+    assert sum(kw["limit"] for kw in reads) <= 2 * coll.count() + 25

@@ -160,16 +160,25 @@ class EmbeddingStore:
             return [], np.zeros((0, 0), np.float32)
         per_read = 1 if runs <= 1 else max(1, -(-n // runs))
         tasks: dict[int, np.ndarray] = {}
-        for _ in range(20 * -(-n // per_read) + 16):  # rejections: labeled, other fields, duplicates
-            if len(tasks) >= n:
-                break
-            offset = int(rng.integers(0, max(1, total - per_read + 1)))
-            got = coll.get(limit=per_read, offset=offset, include=["embeddings", "metadatas"])
+
+        def take(got) -> None:
             for meta, emb in zip(got["metadatas"], got["embeddings"]):
                 meta = meta or {}
                 task = int(meta.get("task_id", -1))
                 if meta.get("field") == field and not meta.get("labeled") and task >= 0 and task not in exclude:
                     tasks.setdefault(task, np.asarray(emb, np.float32))
+
+        if runs > 1 and n >= total:  # the sample is everything: one pass, not reads until n that never come
+            for offset in range(0, total, _UPSERT_CHUNK):
+                take(coll.get(limit=_UPSERT_CHUNK, offset=offset, include=["embeddings", "metadatas"]))
+        else:
+            read = 0
+            for _ in range(20 * -(-n // per_read) + 16):  # rejections: labeled, other fields, duplicates
+                if len(tasks) >= n or (runs > 1 and read >= 2 * total):  # mostly labeled: seen enough
+                    break
+                read += per_read
+                offset = int(rng.integers(0, max(1, total - per_read + 1)))
+                take(coll.get(limit=per_read, offset=offset, include=["embeddings", "metadatas"]))
         ids = list(tasks)[:n]
         return ids, (np.stack([tasks[t] for t in ids]) if ids else np.zeros((0, 0), np.float32))
 

@@ -41,13 +41,13 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
     if queue.uncertainty_sampling:
         changes["sampling"] = switch_sampling_once(api, project, queue)
     previous = load_ranking(queue.model_dir, project) or {}
-    stale = []
+    stale, only_ours = {}, set()
     if previous.get("pushed_as") == tag and previous.get("priorities"):
-        stale = api.prediction_ids(int(project), list(previous["priorities"]), tag)
+        stale, only_ours = api.version_predictions(int(project), list(previous["priorities"]), tag)
     rows = [{"task": t, **p, "model_version": tag} for t, p in batch.predictions.items()]
     with _push_locks[str(project)]:
         api.push_predictions(int(project), rows)
-    replaced = api.delete_predictions(stale)  # after the push: the queue never runs empty meanwhile
+    replaced = replace_previous(api, project, stale, only_ours - set(batch.predictions))
     save_ranking(queue.model_dir, project, batch.version, batch.strategy, batch.priorities, pushed_as=tag,
                  audit=batch.audit)
     shows = tag if rows and (not shown or BACKEND_VERSION.match(shown)) else shown
@@ -61,6 +61,21 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
                **changes}
     logger.info("project %s: queue batch published: %s", project, summary)
     return summary
+
+
+def replace_previous(api: LabelStudioAPI, project: str, stale: dict[int, list[int]], bulk: set[int]) -> int:
+    """Delete the previous batch's predictions (``stale``: task -> prediction ids), after the push, so the
+    queue never runs empty meanwhile. The ``bulk`` tasks (holding nothing but that prediction when listed,
+    none of them in the new batch) lose theirs in one request; the rest go one by one, so other models'
+    predictions are never touched. Returns how many went."""
+    bulk = {t for t in bulk if t in stale}
+    expected = sum(len(stale[t]) for t in bulk)
+    deleted = api.delete_task_predictions(int(project), sorted(bulk))
+    if deleted > expected:  # a prediction reached one of these tasks during the push (rare): say so
+        logger.warning("project %s: replacing the queue batch also deleted %d prediction(s) that arrived "
+                       "meanwhile on its tasks", project, deleted - expected)
+    return min(deleted, expected) + api.delete_predictions([i for t, ids in stale.items() if t not in bulk
+                                                            for i in ids])
 
 
 def queue_tag(api: LabelStudioAPI, project: str, model: ProjectModel, shown: str | None) -> str:

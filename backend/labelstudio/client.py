@@ -61,11 +61,33 @@ class LabelStudioAPI:
 
     def prediction_ids(self, project: int, task_ids: list[int], model_version: str) -> list[int]:
         """Ids of the predictions of this model version held by these tasks (one listing of just them)."""
-        found = []
+        return [i for ids in self.version_predictions(project, task_ids, model_version)[0].values() for i in ids]
+
+    def version_predictions(self, project: int, task_ids: list[int],
+                            model_version: str) -> tuple[dict[int, list[int]], set[int]]:
+        """({task: ids of this model version's predictions on it}, the tasks holding no other prediction),
+        from one listing of just these tasks."""
+        found, only = {}, set()
         for task in self._selected(project, task_ids):
-            found += [p.get("id") if isinstance(p, dict) else getattr(p, "id", None) for p in task.predictions or []
-                      if _version_of(p) == model_version]
-        return [int(i) for i in found if i is not None]
+            predictions = task.predictions or []
+            ours = [int(i) for i in (_id_of(p) for p in predictions if _version_of(p) == model_version) if i is not None]
+            if ours:
+                found[int(task.id)] = ours
+                if len(ours) == len(predictions):
+                    only.add(int(task.id))
+        return found, only
+
+    def delete_task_predictions(self, project: int, task_ids: list[int]) -> int:
+        """Delete every prediction of these tasks in one request (the Data Manager's "Delete predictions"
+        action on just these tasks); returns how many went. Without ids nothing is sent: an action with no
+        selection applies to every task."""
+        ids = sorted({int(t) for t in task_ids})
+        if not ids:
+            return 0
+        answer = self._request("POST", "/api/dm/actions", params={"id": "delete_tasks_predictions",
+                                                                  "project": int(project)},
+                               json={"selectedItems": {"all": False, "included": ids}}).json()
+        return int(answer.get("processed_items", 0))
 
     def create_prediction(self, row: dict) -> int:
         """One prediction (task, result, score, model_version); returns its id."""
@@ -160,6 +182,10 @@ def _split(tasks) -> tuple[list[tuple[dict, dict]], list[dict]]:
         elif not (task.annotations or []):
             unlabeled.append(task_dict)
     return labeled, unlabeled
+
+
+def _id_of(prediction) -> int | None:
+    return prediction.get("id") if isinstance(prediction, dict) else getattr(prediction, "id", None)
 
 
 def _version_of(prediction) -> str | None:

@@ -75,3 +75,39 @@ def test_retrieve_predictions_beyond_the_timeout_ends_with_every_task_predicted(
     assert answered < 60  # far inside Label Studio's 100 s
     assert stored_at_once < len(images)  # the timeout path was taken
     assert all(len(_ours(t)) == 1 for t in tasks)  # every task once: none lost, none twice
+
+
+@pytest.fixture(scope="module")
+def small_sample_backend(label_studio, tmp_path_factory):
+    """A backend whose cold start embeds at most 50 tasks before the first batch."""
+    tmp = tmp_path_factory.mktemp("sample-backend")
+    env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
+                      COLD_START_SAMPLE="50", QUEUE_BATCH="12", UNCERTAINTY_SAMPLING="true")
+    server = BackendProcess(env, tmp / "backend.log", free_port()).start()
+    yield server.url
+    server.kill()
+
+
+def test_a_project_bigger_than_the_cold_start_sample_is_swept_in_the_background(label_studio, small_sample_backend,
+                                                                               sms_messages):
+    """Tasks imported before connecting: the first batch comes from a random sample of 50 embedded at
+    once; the background sweep finds the other 70, embeds them and imports their predictions, none twice
+    (the sampled tasks outside the batch get theirs live, when opened)."""
+    ls, backend, title = label_studio, small_sample_backend, "clip-al-sweep"
+    project_id = ls.create_project("sweep e2e", label_config("sms_spam.xml"))
+    ls.import_tasks(project_id, [{"text": text} for _, text in sms_messages[2000:2120]])
+    ls.connect_ml_backend(project_id, backend, title=title)
+
+    def swept():
+        counts = requests.get(backend + "/status", timeout=5).json()["preannotation"].get(str(project_id), {})
+        return counts if counts.get("finished") == 70 and counts.get("pending") == 0 else None
+
+    counts = wait_until(swept, timeout=300, step=1, what="the sweep")
+    assert counts["queued"] == 70 and counts["embedded"] == 70 and counts["failed"] == 0  # 120 - the 50 sampled
+    held = wait_until(lambda: sum((h := ls.get(f"/api/projects/{project_id}/model-versions/")).values()) == 82 and h,
+                      timeout=60, step=1, what="the swept predictions")
+    assert held.pop(title) == 12 and list(held.values()) == [70], held  # the batch; the swept tasks
+    tasks = ls.list_tasks(project_id)
+    ours = [[p for p in t["predictions"] if p["model_version"] == title or BACKEND_VERSION.match(p["model_version"])]
+            for t in tasks]
+    assert len(tasks) == 120 and max(len(p) for p in ours) == 1  # the batch's tasks were not swept again

@@ -45,9 +45,16 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
     if previous.get("pushed_as") == tag and previous.get("priorities"):
         stale, only_ours = api.version_predictions(int(project), list(previous["priorities"]), tag)
     rows = [{"task": t, **p, "model_version": tag} for t, p in batch.predictions.items()]
+    bulk = only_ours & set(stale)  # the previous batch's tasks holding nothing but its prediction
+    fresh, again = [r for r in rows if r["task"] not in bulk], [r for r in rows if r["task"] in bulk]
     with _push_locks[str(project)]:
-        api.push_predictions(int(project), rows)
-    replaced = replace_previous(api, project, stale, only_ours - set(batch.predictions))
+        if fresh:  # the new tasks lead the queue while the previous batch goes
+            api.push_predictions(int(project), fresh)
+            replaced = replace_previous(api, project, stale, bulk)
+            api.push_predictions(int(project), again)  # tasks staying in the batch, with their new order
+        else:  # the same tasks again: replaced one by one, so the queue is never empty
+            api.push_predictions(int(project), again)
+            replaced = replace_previous(api, project, stale, set())
     save_ranking(queue.model_dir, project, batch.version, batch.strategy, batch.priorities, pushed_as=tag,
                  audit=batch.audit)
     shows = tag if rows and (not shown or BACKEND_VERSION.match(shown)) else shown
@@ -64,10 +71,10 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
 
 
 def replace_previous(api: LabelStudioAPI, project: str, stale: dict[int, list[int]], bulk: set[int]) -> int:
-    """Delete the previous batch's predictions (``stale``: task -> prediction ids), after the push, so the
-    queue never runs empty meanwhile. The ``bulk`` tasks (holding nothing but that prediction when listed,
-    none of them in the new batch) lose theirs in one request; the rest go one by one, so other models'
-    predictions are never touched. Returns how many went."""
+    """Delete the previous batch's predictions (``stale``: task -> prediction ids listed before the push).
+    The ``bulk`` tasks (holding nothing but that prediction when listed, and not pushed again yet) lose
+    theirs in one request; the rest go one by one, so other models' predictions and the predictions just
+    pushed are never touched. Returns how many went."""
     bulk = {t for t in bulk if t in stale}
     expected = sum(len(stale[t]) for t in bulk)
     deleted = api.delete_task_predictions(int(project), sorted(bulk))

@@ -3,9 +3,11 @@ audit sample is the test set, never trained on) -> save the version with its rep
 batch (rank.py) -> push it (publish.py).
 
 A run's Label Studio traffic does not grow with the project: annotations arrive by webhook (already in
-the log), and a run only lists the tasks Label Studio changed since the last one. Every task is listed
-when asked (START_TRAINING), on a project's first run, and at most every FULL_RECONCILE_S after the
-batch is published.
+the log), and a run only lists the tasks Label Studio changed since the last one. Every annotated task
+is listed when asked (START_TRAINING), on a project's first run, and at most every FULL_RECONCILE_S
+after the batch is published; the tasks without annotations are never listed on a run's path: before
+the first batch a few random pages give the cold-start sample if the store lacks one, and the sweep
+that finds every task not embedded yet runs in the background (pre-annotation).
 
 One call is one training run on a snapshot of the annotation log; the caller (backend.runtime) marks
 the generation trained when it returns, so annotations arriving meanwhile are trained on next time.
@@ -28,7 +30,7 @@ from ..learn.audit import audit_wanted
 from ..learn.report import write_report
 from ..learn.selection import train_and_select
 from ..state.annotations import AnnotationLog, LabeledTask, ReconcileRefused
-from ..state.rankings import load_ids, ranked_version, save_ids
+from ..state.rankings import load_ids, load_state, ranked_version, save_ids, save_state
 from ..state.versions import ModelVersion, VersionStore
 from .predict import QueueOptions
 from .project_model import ProjectModel
@@ -51,8 +53,9 @@ class TrainingRun:
     api: LabelStudioAPI | None  # None: Label Studio unknown, train on the log alone and rank nothing
     queue: QueueOptions
     bound_url: str | None = None  # a /setup URL to record as working once a reconcile through it succeeds
-    # embed_later(project, label_config, tasks): embeds (and pre-annotates) tasks in the background
-    embed_later: Callable[[str, str | None, list], int] | None = None
+    # sweep_later(project, label_config): in the background, list every unannotated task and embed (and
+    # pre-annotate) those not in the store yet
+    sweep_later: Callable[[str, str | None], bool] | None = None
 
 
 @dataclass
@@ -76,14 +79,14 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
     started = time.perf_counter()
     result = RunResult()
     with _phase(result, "reconcile"):
-        listed = reconcile(run, project, label_config, full=_full_reconcile_due(run, project, at_start=True),
-                           seen=result.reconciled)
+        full = reconcile(run, project, label_config, full=_full_reconcile_due(run, project, at_start=True),
+                         seen=result.reconciled)
     with _phase(result, "embed"):
         model = run.model_for(project, label_config)
         model.load()
-        if listed is not None:
-            _embed_pool(run, project, label_config, model, listed)
         rows = run.log.labeled_tasks(project)
+        if full and not model.trained:
+            cold_start_pool(run, project, model, {t.task_id for t in rows})
         data = {t.from_name: d for t in model.config.targets if (d := labeled_data(model, t, rows)) is not None}
     anchors = {name: (d.embeddings, d.first) for name, d in data.items()}
     if not data:
@@ -91,6 +94,8 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
         if run.api is not None and ranked_version(run.queue.model_dir, project) != model.model_version:
             with _phase(result, "publish"):  # cold start: zero-shot + typicality
                 result.ranking = _publish(run, project, model, {t.task_id for t in rows}, anchors)
+        if full:
+            _sweep(run, project, label_config)
         return result
     audit = audit_tasks(run, project, rows)
     with _phase(result, "select"):
@@ -109,12 +114,15 @@ def train_once(run: TrainingRun, project: str, generation: int, label_config: st
         with _phase(result, "publish"):
             result.ranking = _publish(run, project, model, {t.task_id for t in rows}, anchors,
                                       _audit_wanted(run, reports))
-        with _phase(result, "review"):
-            result.review = _review(run, project, model, rows, reports, (result.ranking or {}).get("project_version"))
+        if _review_due(run, project, generation):
+            with _phase(result, "review"):
+                result.review = _review(run, project, model, rows, reports,
+                                        (result.ranking or {}).get("project_version"))
         if _full_reconcile_due(run, project, at_start=False):
             with _phase(result, "full_reconcile"):  # after the batch is out: off the critical path
-                listed = reconcile(run, project, label_config, full=True, seen=result.reconciled)
-                _embed_pool(run, project, label_config, model, listed or [])
+                full = reconcile(run, project, label_config, full=True, seen=result.reconciled)
+    if full:
+        _sweep(run, project, label_config)
     return result
 
 
@@ -139,58 +147,80 @@ def _full_reconcile_due(run: TrainingRun, project: str, at_start: bool) -> bool:
 
 
 def reconcile(run: TrainingRun, project: str, label_config: str | None, full: bool,
-              seen: dict | None = None) -> list[dict] | None:
-    """Make Label Studio's annotations the log's truth: every task (full), or the tasks Label Studio
-    changed since the last reconcile. Returns the unlabeled tasks after a full reconcile, else None.
-    Raises ReconcileRefused, changing nothing, when Label Studio lists no task of a project with recorded
-    annotations, or none of its recorded labels (replace_all): likely the wrong Label Studio, not a wipe."""
+              seen: dict | None = None) -> bool:
+    """Make Label Studio's annotations the log's truth: of every annotated task (full: one listing as long
+    as the project's annotated tasks), or of the tasks Label Studio changed since the last reconcile.
+    Returns whether it was full. Raises ReconcileRefused, changing nothing, when Label Studio lists none of
+    the recorded labels (replace_all): likely the wrong Label Studio, not a wipe."""
     if run.api is None:
-        return None
+        return False
     started = time.time()
     reconciled_at, _, _ = run.log.reconcile_state(project)
-    if full or reconciled_at is None:
-        labeled_pairs, unlabeled = run.api.tasks(int(project))
-        recorded = run.log.count(project)
-        if recorded and not labeled_pairs and not unlabeled:
-            raise ReconcileRefused(f"reconcile not applied: Label Studio lists no task of project {project}, which "
-                                   f"has {recorded} recorded annotations; is the project bound to the right Label "
-                                   "Studio? (LABEL_STUDIO_URL, /setup)")
+    full = full or reconciled_at is None
+    if full:
+        labeled_pairs = run.api.annotated_tasks(int(project))
         run.log.replace_all(project, [annotation_record(a, t) for a, t in labeled_pairs], label_config)
+        listed = len(labeled_pairs)
     else:
-        labeled_pairs, listed = run.api.changed_tasks(int(project), reconciled_at - RECONCILE_SLACK_S)
-        run.log.apply_changes(project, listed, [annotation_record(a, t) for a, t in labeled_pairs])
-        unlabeled = None
+        labeled_pairs, changed = run.api.changed_tasks(int(project), reconciled_at - RECONCILE_SLACK_S)
+        run.log.apply_changes(project, changed, [annotation_record(a, t) for a, t in labeled_pairs])
+        listed = len(changed)
     if seen is not None:
-        seen.update(full=unlabeled is not None,
-                    tasks=len(labeled_pairs) + len(unlabeled) if unlabeled is not None else len(listed))
-    run.log.mark_reconciled(project, started, full=unlabeled is not None)
+        seen.update(full=full, tasks=listed)
+    run.log.mark_reconciled(project, started, full=full)
     if run.bound_url:
         run.log.mark_reached(project, run.bound_url)
-    return unlabeled
+    return full
 
 
-def _embed_pool(run: TrainingRun, project: str, label_config: str | None, model: ProjectModel,
-                unlabeled: list[dict]) -> None:
-    """After listing every task: the unlabeled tasks not in the store yet are embedded, a random
-    COLD_START_SAMPLE of them now before the first trained version (the first batch is ranked from the
-    store), the rest in the background (embed_later: pre-annotation), so every task can reach the queue."""
-    if model.store is None:  # Chroma unavailable: tasks are embedded when Label Studio asks for them
-        return
+COLD_START_PAGE = 100  # tasks per page of the cold-start sample: many small random pages, nearly uniform
+
+
+def cold_start_pool(run: TrainingRun, project: str, model: ProjectModel, labeled: set[int]) -> int:
+    """Before the first trained version the first batch is ranked from the store: unless it holds
+    COLD_START_SAMPLE unlabeled records already, embed up to that many unannotated tasks from random pages
+    of Label Studio's listing (a few requests, whatever the project's size). Returns how many were embedded."""
+    if model.store is None or run.api is None:  # Chroma unavailable: tasks are embedded when Label Studio asks
+        return 0
     target = model.config.targets[0]
-    stored = model.store.existing(model.project_id, model.encoder_ids[target.to_name],
-                                  [record_id(t["id"], target.to_name) for t in unlabeled])
-    missing = [t for t in unlabeled if record_id(t["id"], target.to_name) not in stored]
-    if not missing:
-        return
+    encoder, wanted = model.encoder_ids[target.to_name], run.queue.cold_start_sample
+    if model.store.count(model.project_id, encoder) - len(labeled) >= wanted:
+        return 0
+    first, total = run.api.unannotated_page(int(project), 1, COLD_START_PAGE)
+    pages = -(-total // COLD_START_PAGE)
     rng = np.random.default_rng(int(project) if str(project).isdigit() else 0)
-    missing = [missing[i] for i in rng.permutation(len(missing))]
-    now = [] if model.trained else missing[:run.queue.cold_start_sample]
+    picked: dict[int, dict] = {}
+    for page in rng.permutation(pages)[:4 * -(-wanted // COLD_START_PAGE)] + 1:
+        tasks = first if page == 1 else run.api.unannotated_page(int(project), int(page), COLD_START_PAGE)[0]
+        stored = model.store.existing(model.project_id, encoder, [record_id(t["id"], target.to_name) for t in tasks])
+        picked.update((t["id"], t) for t in tasks if record_id(t["id"], target.to_name) not in stored)
+        if len(picked) >= wanted:
+            break
+    now = list(picked.values())[:wanted]
     if now:
         model.embed_tasks(now)
-    if run.embed_later is not None and len(missing) > len(now):
-        queued = run.embed_later(project, label_config, missing[len(now):])
-        logger.info("project %s: %d tasks not embedded yet: %d queued for background pre-annotation", project,
-                    len(missing) - len(now), queued)
+    return len(now)
+
+
+def _sweep(run: TrainingRun, project: str, label_config: str | None) -> None:
+    """After a full reconcile: every task not embedded yet is embedded and pre-annotated in the background,
+    so every task can reach the queue (the listing runs there too, off the run's path)."""
+    if run.sweep_later is not None and run.api is not None:
+        run.sweep_later(project, label_config)
+
+
+def sweep_unembedded(api: LabelStudioAPI, model: ProjectModel, page_size: int = 500):
+    """The unannotated tasks not in the store, page by page (lists of {"id", "data"}): what the background
+    sweep embeds and pre-annotates."""
+    if model.store is None:
+        return
+    target = model.config.targets[0]
+    encoder = model.encoder_ids[target.to_name]
+    for tasks in api.unannotated_tasks(int(model.project_id), page_size):
+        stored = model.store.existing(model.project_id, encoder, [record_id(t["id"], target.to_name) for t in tasks])
+        missing = [t for t in tasks if record_id(t["id"], target.to_name) not in stored]
+        if missing:
+            yield missing
 
 
 def labeled_data(model: ProjectModel, target: Target, rows: list[LabeledTask]) -> _Labeled | None:
@@ -257,6 +287,17 @@ def audit_tasks(run: TrainingRun, project: str, rows: list[LabeledTask]) -> set[
     return {row.task_id for row in rows if row.task_id in drawn or row.ground_truth}
 
 
+REVIEW_MAX_AGE_S = 60.0  # while annotations keep arriving, the review tab is refreshed at least this often
+
+
+def _review_due(run: TrainingRun, project: str, generation: int) -> bool:
+    """After every run when labeling pauses; while annotations are waiting for the next run (which comes
+    right away), only when the tab is older than REVIEW_MAX_AGE_S, so the queue's runs come faster."""
+    waiting = run.log.generations(project)[0] > generation
+    return not waiting or time.time() - float(load_state(run.queue.model_dir, project, "review_shown")
+                                              .get("at", 0)) > REVIEW_MAX_AGE_S
+
+
 def _review(run: TrainingRun, project: str, model: ProjectModel, rows: list[LabeledTask], reports: dict,
             shown: str | None):
     """Show the primary target's suspected label errors in Label Studio's review tab (``shown``: the
@@ -267,7 +308,9 @@ def _review(run: TrainingRun, project: str, model: ProjectModel, rows: list[Labe
         return None
     try:
         flagged = to_review(run.queue.model_dir, project, rows, report.get("label_errors") or [])
-        return publish_review(run.api, project, target, model.model_version, flagged, shown)
+        summary = publish_review(run.api, project, target, model.model_version, flagged, shown)
+        save_state(run.queue.model_dir, project, "review_shown", {"at": time.time()})
+        return summary
     except Exception as exc:  # the version serves anyway; the next run shows the review again
         logger.warning("project %s: could not update the label review in Label Studio: %s", project, exc)
         return None

@@ -13,6 +13,15 @@ IDS_PER_QUERY = 200  # task ids per listing query (a GET query string: servers c
 ACCESS_TOKEN_REUSE_S = 240  # Label Studio's access tokens live ~5 min: refresh a little before
 
 
+_COUNT = {"type": "Number", "value": 0}
+ANNOTATED = {"conjunction": "or", "items": [  # Data Manager filters: a task with any annotation, skips included
+    {"filter": "filter:tasks:total_annotations", "operator": "greater", **_COUNT},
+    {"filter": "filter:tasks:cancelled_annotations", "operator": "greater", **_COUNT}]}
+UNANNOTATED = {"conjunction": "and", "items": [
+    {"filter": "filter:tasks:total_annotations", "operator": "equal", **_COUNT},
+    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", **_COUNT}]}
+
+
 class AuthError(Exception):
     """No Authorization header could be made; str(error) says why (never the key)."""
 
@@ -32,13 +41,41 @@ class LabelStudioAPI:
         self._url, self._timeout = url.rstrip("/"), timeout
         self._auth = LabelStudioAuth(url, api_key, timeout=timeout)
 
-    def _all_tasks(self, project: int):
-        """Every task of the project with its annotations and predictions (paged by the SDK)."""
-        return self.client.tasks.list(project=int(project), fields="all", page_size=500)
+    def annotated_tasks(self, project: int) -> list[tuple[dict, dict]]:
+        """(latest live annotation, task) of every task holding an annotation: one filtered listing
+        (fields=all) as long as the project's annotated tasks, not the project. Skipped-only tasks are
+        listed and left out (not a label)."""
+        query = json.dumps({"filters": ANNOTATED})
+        return _split(self.client.tasks.list(project=int(project), fields="all", query=query, page_size=500))[0]
 
-    def tasks(self, project: int) -> tuple[list[tuple[dict, dict]], list[dict]]:
-        """(labeled, unlabeled): labeled = (latest live annotation, task) pairs; unlabeled = tasks."""
-        return _split(self._all_tasks(project))
+    def unannotated_page(self, project: int, page: int, page_size: int = 500) -> tuple[list[dict], int]:
+        """One page ({"id", "data"}, no annotations or predictions read) of the tasks without any
+        annotation, and how many such tasks there are (0 past the last page)."""
+        params = {"project": int(project), "page": int(page), "page_size": int(page_size),
+                  "query": json.dumps({"filters": UNANNOTATED})}
+        try:
+            answer = self._request("GET", "/api/tasks/", params=params).json()
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:  # past the last page
+                return [], 0
+            raise
+        if isinstance(answer, list):  # older servers answer a bare list
+            answer = {"tasks": answer, "total": len(answer)}
+        tasks = [{"id": int(t["id"]), "data": t.get("data")} for t in answer.get("tasks") or []
+                 if isinstance(t, dict) and "id" in t and not t.get("annotations")
+                 and not t.get("total_annotations") and not t.get("cancelled_annotations")]
+        return tasks, int(answer.get("total") or 0)
+
+    def unannotated_tasks(self, project: int, page_size: int = 500):
+        """Every task without any annotation, page by page (lists of {"id", "data"})."""
+        page = 1
+        while True:
+            tasks, total = self.unannotated_page(project, page, page_size)
+            if tasks:
+                yield tasks
+            if not tasks or page * page_size >= total:
+                return
+            page += 1
 
     def changed_tasks(self, project: int, since: float) -> tuple[list[tuple[dict, dict]], list[int]]:
         """(labeled pairs as in tasks(), ids of every listed task) of the tasks Label Studio updated after

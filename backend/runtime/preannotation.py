@@ -16,12 +16,14 @@ from collections import Counter, defaultdict
 
 from ..flows.preannotate import preannotate
 from ..flows.publish import push_new
+from ..flows.train import sweep_unembedded
 from ..labelstudio.protocol import task_id
 from .services import Services
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("queued", "embedded", "predicted", "pushed", "failed", "dropped", "finished")
+SWEEP = object()  # a job that lists the project's unannotated tasks and pre-annotates those not embedded
 MAX_PENDING = 1_000_000  # tasks waiting in all (memory: their ids and data)
 
 
@@ -34,6 +36,7 @@ class PreAnnotator:
         self.max_pending = max_pending
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: set[tuple[str, int]] = set()  # (project, task id) queued and not finished
+        self._sweeps: set[str] = set()  # projects with a sweep queued or under way
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -60,6 +63,18 @@ class PreAnnotator:
                            dropped, self.max_pending)
         return len(fresh)
 
+    def sweep(self, project: str, label_config: str | None) -> bool:
+        """Queue a sweep of the project: list its unannotated tasks page by page (in the worker, so no
+        training run waits for the listing) and pre-annotate those not in the store. One sweep per
+        project is pending at a time; returns whether this one was queued."""
+        with self._lock:
+            if project in self._sweeps:
+                return False
+            self._sweeps.add(project)
+            self._jobs.put((project, label_config, SWEEP))
+            self._start()
+        return True
+
     def _start(self) -> None:
         if self._worker is None or not self._worker.is_alive():
             # a daemon: pending work does not hold up a shutdown (it lives in memory only, see above)
@@ -80,12 +95,42 @@ class PreAnnotator:
             if job is None:
                 return
             project, label_config, tasks = job
+            if tasks is SWEEP:
+                self._sweep(project, label_config)
+                continue
             try:
                 self._run(project, label_config, tasks)
             finally:
                 with self._lock:
                     self._pending.difference_update((project, t["id"]) for t in tasks)
                     self.progress[project]["finished"] += len(tasks)
+
+    def _sweep(self, project: str, label_config: str | None) -> None:
+        swept = 0
+        try:
+            model, api = self.services.model(project, label_config), self.services.api(project)
+            if api is None:
+                return
+            for missing in sweep_unembedded(api, model):
+                if self._stopping.is_set():
+                    return
+                with self._lock:
+                    fresh = [t for t in missing if (project, t["id"]) not in self._pending]
+                    self._pending.update((project, t["id"]) for t in fresh)
+                    self.progress[project]["queued"] += len(fresh)
+                try:
+                    self._run(project, label_config, fresh)
+                finally:
+                    with self._lock:
+                        self._pending.difference_update((project, t["id"]) for t in fresh)
+                        self.progress[project]["finished"] += len(fresh)
+                swept += len(fresh)
+        except Exception:  # the next full reconcile sweeps again; tasks opened meanwhile are predicted live
+            logger.exception("project %s: the sweep for tasks not embedded yet failed", project)
+        finally:
+            with self._lock:
+                self._sweeps.discard(project)
+            logger.info("project %s: sweep done: %d tasks were not embedded yet", project, swept)
 
     def _run(self, project: str, label_config: str | None, tasks: list) -> None:
         try:

@@ -26,5 +26,5 @@ class Runtime:
     def build(cls, settings: Settings) -> "Runtime":
         services = Services(settings)
         scheduler, preannotator = make_scheduler(services), PreAnnotator(services)
-        scheduler.loop.embed_later = preannotator.submit  # the cold start embeds the rest of the pool meanwhile
+        scheduler.loop.sweep_later = preannotator.sweep  # tasks not embedded yet, listed in the background
         return cls(services, scheduler, preannotator)

@@ -31,7 +31,7 @@ class TrainingLoop:
         self.last_error: dict[str, str] = {}
         self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
         self.last_run: dict[str, dict] = {}  # project -> version, generation, seconds per phase of the last run
-        self.embed_later = None  # (project, label_config, tasks) -> queued: background pre-annotation, if any
+        self.sweep_later = None  # (project, label_config) -> queued: the background sweep, if any
 
     def run(self, project: str) -> bool:
         """Train until every recorded generation is trained on; False if a run failed."""
@@ -42,7 +42,7 @@ class TrainingLoop:
                 return True
             try:
                 run = self.services.training_run(project)
-                run.embed_later = self.embed_later
+                run.sweep_later = self.sweep_later
                 result = train_once(run, project, generation, label_config)
             except Exception as exc:
                 self.failures[project] += 1

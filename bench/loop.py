@@ -424,9 +424,15 @@ def batch_pushes(records: list[dict]) -> list[dict]:
 def match_push(pushes: list[dict], priorities: dict[int, float], after: float) -> dict | None:
     """The import of this ranking's batch: same tasks and scores (the first such after ``after``)."""
     want = {int(k): round(float(v), 6) for k, v in priorities.items()}
-    for push in pushes:
-        if push["t1"] >= after and {k: round(v, 6) for k, v in push["batch"].items()} == want:
-            return push
+    for i, push in enumerate(pushes):
+        if push["t1"] < after:
+            continue
+        # one import, or two in a row: the backend imports the new tasks first and the tasks staying in
+        # the batch after the previous batch is deleted (flows/publish.py); the batch leads from the first
+        for group in (pushes[i:i + 1], pushes[i:i + 2]):
+            merged = {k: round(v, 6) for p in group for k, v in p["batch"].items()}
+            if merged == want:
+                return {**push, "batch": merged, "imports": len(group)}
     return None
 
 

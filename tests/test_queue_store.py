@@ -77,3 +77,17 @@ def test_a_mostly_labeled_collection_stops_reading(store):
     ids, _ = store.sample_unlabeled(PROJECT, ENCODER, "text", 100, np.random.default_rng(4), runs=4)
     assert set(ids) <= {198, 199}
     assert sum(kw["limit"] for kw in reads) <= 2 * coll.count() + 25
+
+
+def test_a_search_without_metadata_filter_skips_labeled_tasks_and_other_fields(store):
+    """The queue's searches: plain HNSW queries that drop the labeled tasks (here the 60 nearest to the
+    query, more than the first over-fetch) and the other field's records, and still return m."""
+    store, E = store
+    nearest = np.argsort(-(E @ E[0]))
+    labeled = {int(t) for t in nearest[:60]}
+    index = store.unlabeled_index(PROJECT, ENCODER, "text", labeled)
+    keys, V = index.search(E[0], 10)
+    tasks = [int(k.split(":")[0]) for k in keys]
+    assert len(keys) == 10 and all(k.endswith(":text") for k in keys) and not set(tasks) & labeled
+    assert tasks == [int(t) for t in nearest[60:70]]  # exactly the nearest unlabeled ones, in order
+    assert np.allclose(V, E[tasks], atol=1e-6)

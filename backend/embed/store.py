@@ -125,9 +125,16 @@ class EmbeddingStore:
             chunk = ids[start:start + _UPSERT_CHUNK]
             coll.update(ids=chunk, metadatas=[{"labeled": bool(labeled)} for _ in chunk])
 
-    def unlabeled_index(self, project: str, encoder_id: str, field: str) -> "CollectionIndex":
-        """The field's unlabeled records as a VectorIndex (keys: record ids)."""
-        return CollectionIndex(self.collection(project, encoder_id), where={"$and": [{"field": field}, UNLABELED]})
+    def unlabeled_index(self, project: str, encoder_id: str, field: str,
+                        labeled: set[int] | None = None) -> "CollectionIndex":
+        """The field's unlabeled records as a VectorIndex (keys: record ids). Given the labeled task ids,
+        searches are plain HNSW queries that drop those (and other fields) from an over-fetched answer:
+        a metadata filter makes Chroma check every record's metadata (0.6-0.8 s a query at 100,000
+        records, against 0.02 s unfiltered). Without them, the labeled flags filter inside Chroma."""
+        coll = self.collection(project, encoder_id)
+        if labeled is None:
+            return CollectionIndex(coll, where={"$and": [{"field": field}, UNLABELED]})
+        return CollectionIndex(coll, field=field, skip={record_id(t, field) for t in labeled})
 
     def existing(self, project: str, encoder_id: str, ids: list[str]) -> set[str]:
         """Which of these record ids are stored (ids only: no embeddings read)."""
@@ -220,23 +227,35 @@ class CollectionIndex:
     either by a metadata filter (``where``, e.g. {"labeled": False} if the store keeps such a flag) or,
     by default, by over-fetching and dropping ids in ``exclude``."""
 
-    def __init__(self, collection, where: dict | None = None, overfetch_cap: int = 2000):
+    def __init__(self, collection, where: dict | None = None, overfetch_cap: int = 2000, field: str | None = None,
+                 skip: set[str] = frozenset(), max_fetch: int = 8192):
         self.collection = collection
         self.where = where
         self.overfetch_cap = overfetch_cap
+        self.field = field  # keep only records of this field (ids "<task>:<field>")
+        self.skip = skip  # record ids never returned (labeled tasks)
+        self.max_fetch = max_fetch  # the most results one search asks for while over-fetching
+        self._total: int | None = None
 
     def search(self, direction, m, exclude=None):
-        exclude = exclude or set()
-        extra = min(len(exclude), self.overfetch_cap, max(m, 1) * 4)
-        total = self.collection.count()
-        n_results = int(max(1, min(m + extra, total)))
-        kwargs = {"query_embeddings": [_unit(np.asarray(direction, np.float32).ravel()).tolist()],
-                  "n_results": n_results, "include": ["embeddings"]}
-        if self.where:
-            kwargs["where"] = self.where
-        res = self.collection.query(**kwargs)
-        ids, embs = res["ids"][0], res["embeddings"][0]
-        keep = [(i, e) for i, e in zip(ids, embs) if i not in exclude][:m]
+        exclude = set(exclude or ()) | self.skip if self.skip else (exclude or set())
+        if self._total is None:
+            self._total = self.collection.count()
+        suffix = None if self.field is None else ":" + self.field
+        n = m + min(len(exclude), self.overfetch_cap, max(m, 1) * 4)
+        while True:  # labeled items crowd the boundaries the queue searches: ask for more until m are left
+            n = int(max(1, min(n, self._total)))
+            kwargs = {"query_embeddings": [_unit(np.asarray(direction, np.float32).ravel()).tolist()],
+                      "n_results": n, "include": ["embeddings"]}
+            if self.where:
+                kwargs["where"] = self.where
+            res = self.collection.query(**kwargs)
+            ids, embs = res["ids"][0], res["embeddings"][0]
+            keep = [(i, e) for i, e in zip(ids, embs)
+                    if i not in exclude and (suffix is None or str(i).endswith(suffix))][:m]
+            if len(keep) >= m or len(ids) < n or n >= self._total or n >= self.max_fetch:
+                break
+            n *= 2
         if not keep:
             return [], np.zeros((0, 0), np.float32)
         return [i for i, _ in keep], np.asarray([e for _, e in keep], dtype=np.float32)

@@ -3,7 +3,8 @@ does not grow with the project.
 
 For the primary target (the first Choices tag):
 1. tasks labeled (or unlabeled again) since the last run are flagged in the embedding store, so that
-   searches skip them inside Chroma (``sync_labeled``);
+   the samples skip them (``sync_labeled``); the vector searches drop the labeled tasks from an
+   over-fetched answer (an HNSW query with a metadata filter reads every record's metadata);
 2. a sample of unlabeled records (``sample_size``) gives the class-pair statistics; with a trained
    single-choice head and the boundary strategy, ``BoundaryRetrieval.query`` then finds the batch by
    vector search near the head's class boundaries. Before a trained head (ColdStart) and for the other
@@ -22,6 +23,7 @@ import numpy as np
 from ..embed.store import record_id
 from ..queue.base import QueryContext
 from ..queue.boundary import BoundaryRetrieval
+from ..queue.measures import top2_margin
 from ..queue.priorities import TargetScores, queue_priorities
 from ..state.rankings import load_ids, save_ids
 from .predict import to_predictions
@@ -55,10 +57,12 @@ def sync_labeled(model: ProjectModel, model_dir, labeled_ids: set[int]) -> int:
 
 
 def rank_batch(model: ProjectModel, k: int, strategy: str, anchors: dict, audit_pending: list[int],
-               audit_new: int, sample_size: int = 4000, seed: int | None = None) -> RankedBatch | None:
+               audit_new: int, sample_size: int = 4000, seed: int | None = None,
+               labeled: set[int] | None = None) -> RankedBatch | None:
     """The next k tasks to label (including the still unlabeled ``audit_pending`` and ``audit_new``
     fresh audit draws); None when the store holds no unlabeled record of the primary target.
-    ``anchors``: from_name -> (embeddings, class index) of the labeled items."""
+    ``anchors``: from_name -> (embeddings, class index) of the labeled items. ``labeled``: the labeled
+    task ids, which the vector search then drops itself (faster than Chroma's metadata filter)."""
     rng = np.random.default_rng(seed)
     target = model.config.targets[0]
     project, encoder, field_name = model.project_id, model.encoder_ids[target.to_name], target.to_name
@@ -74,11 +78,16 @@ def rank_batch(model: ProjectModel, k: int, strategy: str, anchors: dict, audit_
     k_queue = max(0, k - len(audit))
     prototypes = model.zero_shot_head(target).prototypes
     if trained and strategy == "boundary" and not target.multiple and k_queue:
-        index = store.unlabeled_index(project, encoder, field_name)
+        index = store.unlabeled_index(project, encoder, field_name, labeled)
         context = QueryContext(head=head, labeled_embeddings=labeled_E, labeled_y=labeled_y, prototypes=prototypes,
                                labeled_ids=[record_id(t, field_name) for t in audit])
         keys = BoundaryRetrieval().query(index, head, k_queue, sample, context)
         picked = [int(str(key).split(":", 1)[0]) for key in keys]
+        if len(picked) < k_queue:  # the searches found too few distinct items: the sample's least certain
+            taken = set(picked) | set(audit)
+            margins = top2_margin(head.predict_proba(sample))
+            picked += [t for t in (sample_ids[i] for i in np.argsort(margins, kind="stable"))
+                       if t not in taken][:k_queue - len(picked)]
     else:
         scores = TargetScores(target.from_name, target.multiple, range(len(sample_ids)), sample,
                               head.predict_proba(sample), head, trained, prototypes)

@@ -332,7 +332,7 @@ def _publish(run: TrainingRun, project: str, model: ProjectModel, labeled: set[i
         drawn = load_ids(queue.model_dir, project, "audit")
         pending = sorted(drawn - labeled)
         new = max(0, round(queue.batch * queue.audit_share) - len(pending)) if audit_wanted else 0
-        batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample)
+        batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample, labeled=labeled)
         if batch is None:
             logger.info("project %s: no unlabeled task embedded yet; nothing to rank", project)
             return None

@@ -261,6 +261,13 @@ class CountingProxy:
                     record["batch"] = {int(r["task"]): float(r["score"]) for r in rows}
             except (ValueError, TypeError, KeyError):
                 pass
+        if record["method"] in ("POST", "PATCH") and urlsplit(path).path.startswith("/api/predictions/"):
+            try:  # one row of the batch, created or updated in place (flows/publish.py)
+                row = json.loads(body)
+                if row.get("model_version") == TITLE:
+                    record["batch"] = {int(row["task"]): float(row["score"])}
+            except (ValueError, TypeError, KeyError, AttributeError):
+                pass
         query = parse_qs(urlsplit(path).query).get("query")
         if query:
             try:
@@ -427,12 +434,15 @@ def match_push(pushes: list[dict], priorities: dict[int, float], after: float) -
     for i, push in enumerate(pushes):
         if push["t1"] < after:
             continue
-        # one import, or two in a row: the backend imports the new tasks first and the tasks staying in
-        # the batch after the previous batch is deleted (flows/publish.py); the batch leads from the first
-        for group in (pushes[i:i + 1], pushes[i:i + 2]):
-            merged = {k: round(v, 6) for p in group for k, v in p["batch"].items()}
+        # the batch arrives in parts (flows/publish.py): the new tasks (one import or one create each),
+        # then the tasks staying in the batch updated in place; it leads from the first part
+        merged: dict[int, float] = {}
+        for j in range(i, len(pushes)):
+            merged.update({k: round(v, 6) for k, v in pushes[j]["batch"].items()})
             if merged == want:
-                return {**push, "batch": merged, "imports": len(group)}
+                return {**push, "batch": merged, "parts": j - i + 1}
+            if any(want.get(k) != v for k, v in merged.items()):
+                break
     return None
 
 

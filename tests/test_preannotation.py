@@ -1,5 +1,6 @@
 """Background pre-annotation and superseded predictions, without Label Studio (see
 test_e2e_preannotation.py and test_e2e_queue.py for the same against a real one)."""
+import time
 import pytest
 
 from backend.config import Settings
@@ -68,3 +69,36 @@ def test_only_this_backends_superseded_versions_are_deleted():
     assert delete_superseded(api, "1", current, shown="clip-al") == 17
     assert api.shown == "clip-al"  # Label Studio clears the project's version on a deletion: it is set again
     assert sorted(api.deleted) == ["st-minilm/v2-0123456789", "st-minilm/zeroshot-abcdef0123"]
+
+
+class SlowImports:
+    """Label Studio whose prediction import costs ``import_s`` whatever its size (it reads every task id
+    of the project) and whose single create costs ``single_s``: failure injection for the cost choice."""
+
+    def __init__(self, import_s: float, single_s: float):
+        self.import_s, self.single_s, self.calls = import_s, single_s, []
+
+    def push_predictions(self, project, rows):
+        time.sleep(self.import_s)
+        self.calls.append(("import", len(rows)))
+
+    def create_prediction(self, row):
+        time.sleep(self.single_s)
+        self.calls.append(("create", row["task"]))
+
+    def update_prediction(self, prediction_id, row):
+        time.sleep(self.single_s)
+
+
+def test_a_batch_goes_one_by_one_where_an_import_costs_more():
+    from backend.flows.publish import PushCost
+
+    rows = [{"task": t, "score": 0.1, "result": [], "model_version": "clip-al"} for t in range(10)]
+    big, small = SlowImports(import_s=0.3, single_s=0.005), SlowImports(import_s=0.01, single_s=0.005)
+    cost = PushCost(first_guess_s=0.005)
+    cost.push(big, "1", rows)  # nothing measured yet: one import
+    cost.push(big, "1", rows)  # 10 creates (~0.05 s) beat an import (0.3 s)
+    assert big.calls[0] == ("import", 10) and [c[0] for c in big.calls[1:]] == ["create"] * 10
+    cost.push(small, "2", rows)
+    cost.push(small, "2", rows)  # a small project: the import stays cheaper
+    assert small.calls == [("import", 10), ("import", 10)]

@@ -130,6 +130,11 @@ class LabelStudioAPI:
         """One prediction (task, result, score, model_version); returns its id."""
         return int(self._request("POST", "/api/predictions/", json=row).json()["id"])
 
+    def update_prediction(self, prediction_id: int, row: dict) -> None:
+        """Replace one prediction's result, score and model version in place."""
+        self._request("PATCH", f"/api/predictions/{int(prediction_id)}/",
+                      json={k: row[k] for k in ("task", "result", "score", "model_version") if k in row})
+
     def delete_predictions(self, prediction_ids: list[int]) -> int:
         """Delete predictions one by one (Label Studio has no bulk delete by id); returns how many went."""
         deleted = 0

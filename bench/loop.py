@@ -60,6 +60,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -753,7 +754,12 @@ def run(args) -> dict:
             if thing is not None:
                 thing.stop()
         if backend is not None:
-            backend.kill()
+            try:
+                backend.kill()
+            except subprocess.TimeoutExpired:  # a run or the background sweep still finishing: no result lost
+                import signal
+
+                backend.kill(signal.SIGKILL)
         if proxy is not None:
             proxy.stop()
         if ls is not None:

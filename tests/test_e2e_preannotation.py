@@ -30,9 +30,13 @@ def _all_predicted(ls, project_id, n):
 def slow_backend(label_studio, tmp_path_factory):
     """A backend that must answer /predict within 2 s and leaves imports alone (only "Retrieve
     predictions" asks it for predictions), so the timeout path is what the test sees."""
-    tmp = tmp_path_factory.mktemp("slow-backend")
+    yield from _backend(label_studio, tmp_path_factory.mktemp("slow-backend"), PREDICT_TIMEOUT="2",
+                        PREANNOTATE_IMPORTS="false", QUEUE_VIEW="")
+
+
+def _backend(label_studio, tmp, **settings):
     env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
-                      PREDICT_TIMEOUT="2", PREANNOTATE_IMPORTS="false", QUEUE_VIEW="")
+                      **settings)
     server = BackendProcess(env, tmp / "backend.log", free_port()).start()
     yield server.url
     server.kill()
@@ -80,12 +84,8 @@ def test_retrieve_predictions_beyond_the_timeout_ends_with_every_task_predicted(
 @pytest.fixture(scope="module")
 def small_sample_backend(label_studio, tmp_path_factory):
     """A backend whose cold start embeds at most 50 tasks before the first batch."""
-    tmp = tmp_path_factory.mktemp("sample-backend")
-    env = backend_env(tmp, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.create_personal_access_token(),
-                      COLD_START_SAMPLE="50", QUEUE_BATCH="12", UNCERTAINTY_SAMPLING="true")
-    server = BackendProcess(env, tmp / "backend.log", free_port()).start()
-    yield server.url
-    server.kill()
+    yield from _backend(label_studio, tmp_path_factory.mktemp("sample-backend"), COLD_START_SAMPLE="50",
+                        QUEUE_BATCH="12", UNCERTAINTY_SAMPLING="true")
 
 
 def test_a_project_bigger_than_the_cold_start_sample_is_swept_in_the_background(label_studio, small_sample_backend,

@@ -12,6 +12,8 @@ import threading
 import time
 from collections import defaultdict
 
+import requests
+
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
 from ..state.rankings import load_ranking, sampling_marker_exists, save_ranking, write_sampling_marker
@@ -96,7 +98,12 @@ class PushCost:
 
     def update(self, api: LabelStudioAPI, prediction_id: int, row: dict) -> None:
         started = time.perf_counter()
-        api.update_prediction(prediction_id, row)
+        try:
+            api.update_prediction(prediction_id, row)
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 404:
+                raise
+            api.create_prediction(row)  # deleted meanwhile (by a user, say): the task still needs its row
         self._single(time.perf_counter() - started, 1)
 
     def _single(self, seconds: float, n: int) -> None:

@@ -97,13 +97,17 @@ class PreAnnotator:
             project, label_config, tasks = job
             if tasks is SWEEP:
                 self._sweep(project, label_config)
-                continue
-            try:
-                self._run(project, label_config, tasks)
-            finally:
-                with self._lock:
-                    self._pending.difference_update((project, t["id"]) for t in tasks)
-                    self.progress[project]["finished"] += len(tasks)
+            else:
+                self._run_pending(project, label_config, tasks)
+
+    def _run_pending(self, project: str, label_config: str | None, tasks: list) -> None:
+        """Pre-annotate tasks already marked pending; they stop being pending however it ends."""
+        try:
+            self._run(project, label_config, tasks)
+        finally:
+            with self._lock:
+                self._pending.difference_update((project, t["id"]) for t in tasks)
+                self.progress[project]["finished"] += len(tasks)
 
     def _sweep(self, project: str, label_config: str | None) -> None:
         swept = 0
@@ -118,12 +122,7 @@ class PreAnnotator:
                     fresh = [t for t in missing if (project, t["id"]) not in self._pending]
                     self._pending.update((project, t["id"]) for t in fresh)
                     self.progress[project]["queued"] += len(fresh)
-                try:
-                    self._run(project, label_config, fresh)
-                finally:
-                    with self._lock:
-                        self._pending.difference_update((project, t["id"]) for t in fresh)
-                        self.progress[project]["finished"] += len(fresh)
+                self._run_pending(project, label_config, fresh)
                 swept += len(fresh)
         except Exception:  # the next full reconcile sweeps again; tasks opened meanwhile are predicted live
             logger.exception("project %s: the sweep for tasks not embedded yet failed", project)

@@ -56,7 +56,10 @@ def test_audit_items_become_the_test_set_and_a_wrong_label_is_flagged_for_review
     # consistent labels plus one deliberately wrong one (an obvious spam labeled ham)
     rest = [t for t in tasks.values() if t["id"] not in served]
     consistent = [t for t in rest if t["data"]["truth"] == "spam"][:12] + [t for t in rest if t["data"]["truth"] == "ham"][:12]
-    wrong = next(t for t in rest if t["data"]["truth"] == "spam" and t not in consistent)
+    # an unmistakable spam (a prize or a free offer to claim), so any fitted head disagrees with "ham"
+    spam_left = [t for t in rest if t["data"]["truth"] == "spam" and t not in consistent]
+    wrong = next((t for t in spam_left if any(w in t["data"]["text"].lower() for w in ("prize", "free", "claim"))),
+                 spam_left[0])
     for task in consistent:
         ls.create_annotation(task["id"], _choice(task["data"]["truth"]))
     wrong_annotation = ls.create_annotation(wrong["id"], _choice("ham"))

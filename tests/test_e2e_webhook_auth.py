@@ -39,8 +39,9 @@ def test_label_studio_webhook_needs_the_secret_header_when_basic_auth_is_on(labe
         ls.patch(f"/api/webhooks/{hook['id']}/", {"headers": {"X-Webhook-Secret": SECRET}})
         second = ls.create_annotation(tasks[1], _choice("spam"))["id"]
         wait_until(lambda: second in recorded(), timeout=30, what="the annotation sent with the secret header")
-        access_log = (tmp_path / "backend.log").read_text()
-        assert '"POST /webhook HTTP/1.1" 401' in access_log and '"POST /webhook HTTP/1.1" 201' in access_log
+        # gunicorn writes its access log after each answer (buffered): wait for both lines
+        wait_until(lambda: all(f'"POST /webhook HTTP/1.1" {code}' in (tmp_path / "backend.log").read_text()
+                               for code in (401, 201)), timeout=30, what="the 401 and the 201 in the access log")
         assert first  # its event was refused; a reconciling run (Start training) brings it in
     finally:
         backend.kill()

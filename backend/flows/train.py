@@ -192,8 +192,7 @@ def cold_start_pool(run: TrainingRun, project: str, model: ProjectModel, labeled
     picked: dict[int, dict] = {}
     for page in rng.permutation(pages)[:4 * -(-wanted // COLD_START_PAGE)] + 1:
         tasks = first if page == 1 else run.api.unannotated_page(int(project), int(page), COLD_START_PAGE)[0]
-        stored = model.store.existing(model.project_id, encoder, [record_id(t["id"], target.to_name) for t in tasks])
-        picked.update((t["id"], t) for t in tasks if record_id(t["id"], target.to_name) not in stored)
+        picked.update((t["id"], t) for t in not_embedded(model, tasks))
         if len(picked) >= wanted:
             break
     now = list(picked.values())[:wanted]
@@ -214,13 +213,18 @@ def sweep_unembedded(api: LabelStudioAPI, model: ProjectModel, page_size: int = 
     sweep embeds and pre-annotates."""
     if model.store is None:
         return
-    target = model.config.targets[0]
-    encoder = model.encoder_ids[target.to_name]
     for tasks in api.unannotated_tasks(int(model.project_id), page_size):
-        stored = model.store.existing(model.project_id, encoder, [record_id(t["id"], target.to_name) for t in tasks])
-        missing = [t for t in tasks if record_id(t["id"], target.to_name) not in stored]
+        missing = not_embedded(model, tasks)
         if missing:
             yield missing
+
+
+def not_embedded(model: ProjectModel, tasks: list[dict]) -> list[dict]:
+    """The tasks whose primary target has no record in the store (one id lookup, no embeddings read)."""
+    target = model.config.targets[0]
+    stored = model.store.existing(model.project_id, model.encoder_ids[target.to_name],
+                                  [record_id(t["id"], target.to_name) for t in tasks])
+    return [t for t in tasks if record_id(t["id"], target.to_name) not in stored]
 
 
 def labeled_data(model: ProjectModel, target: Target, rows: list[LabeledTask]) -> _Labeled | None:

@@ -96,10 +96,6 @@ class LabelStudioAPI:
         return [{k: b.get(k) for k in ("id", "title", "url", "model_version")} for b in answer
                 if isinstance(b, dict)]
 
-    def prediction_ids(self, project: int, task_ids: list[int], model_version: str) -> list[int]:
-        """Ids of the predictions of this model version held by these tasks (one listing of just them)."""
-        return [i for ids in self.version_predictions(project, task_ids, model_version)[0].values() for i in ids]
-
     def version_predictions(self, project: int, task_ids: list[int],
                             model_version: str) -> tuple[dict[int, list[int]], set[int]]:
         """({task: ids of this model version's predictions on it}, the tasks holding no other prediction),

@@ -100,7 +100,7 @@ def test_audit_items_are_the_test_set_and_never_trained_on(labeled):
     in_audit = np.isin(ids, audit)
     assert report["test_set"] == "audit sample"
     assert report["audit"]["n"] == report["counts"]["test"] == int(in_audit.sum()) == 60
-    assert report["counts"]["train"] + report["counts"]["val"] == len(y) - 60  # no hash test split taken out
+    assert report["counts"]["train"] == len(y) - 60  # no hash test split taken out
     assert report["test"]["n"] == 60 and np.sum(report["test"]["confusion_matrix"]["matrix"]) == 60
 
     # every audit label wrong: the fitted head, the selection and the candidates' scores do not move
@@ -151,7 +151,7 @@ def test_a_large_audit_set_is_enough_and_an_empty_one_says_so():
     _, empty = _select(X[:300], y[:300], ids[:300], centres, audit_ids=[])
     assert empty["audit"]["n"] == 0 and empty["counts"]["test"] == 0 and not empty["audit"]["enough"]
     assert empty["audit"]["message"].startswith("no audit items yet")
-    assert empty["counts"]["train"] + empty["counts"]["val"] == 300
+    assert empty["counts"]["train"] == 300
 
 
 def test_multiple_choice_audit_uses_exact_match():

@@ -39,6 +39,14 @@ def _next_task(ls, project_id):
     return ls.get(f"/api/projects/{project_id}/next/")
 
 
+def _choices(backend, project_id, tasks) -> dict:
+    """{task id: chosen label} of the version the backend serves, asked as Label Studio asks when a task opens."""
+    body = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks], "project": str(project_id),
+            "label_config": label_config("sms_spam.xml")}
+    results = requests.post(backend + "/predict", json=body, timeout=120).json()["results"]
+    return {t["id"]: r["result"][0]["value"]["choices"][0] for t, r in zip(tasks, results)}
+
+
 def _choice(label):
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
@@ -47,7 +55,8 @@ def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_cur
         label_studio, backend, sms_messages):
     ls = label_studio
     project_id = ls.create_project("queue e2e", label_config("sms_spam.xml"))
-    sample = [m for m in sms_messages if m[0] == "spam"][300:330] + [m for m in sms_messages if m[0] == "ham"][300:330]
+    # a slice where zero-shot errs on a third of the spam (pool accuracy ~0.7), so learning has room to show
+    sample = [m for m in sms_messages if m[0] == "spam"][180:210] + [m for m in sms_messages if m[0] == "ham"][180:210]
     ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sample])
     ls.connect_ml_backend(project_id, backend, title=TITLE)
 
@@ -74,12 +83,24 @@ def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_cur
 
     # annotators follow the queue; each submission fires a webhook and the backend retrains
     tasks = {t["id"]: t for t in ls.list_tasks(project_id)}
+    zero_shot_choices = _choices(backend, project_id, list(tasks.values()))
+    labeled = set()
     for _ in range(16):
         task = _next_task(ls, project_id)
         ls.create_annotation(task["id"], _choice(tasks[task["id"]]["data"]["truth"]))
+        labeled.add(task["id"])
     wait_until(lambda: "/v" in _current_version(backend, project_id), timeout=180, step=0.5, what="a trained version")
     _idle(backend)
     version = _current_version(backend, project_id)
+    # the served version predicts the tasks nobody labeled yet better than zero-shot did (issue 19)
+    pool = [t for i, t in tasks.items() if i not in labeled]
+    trained_choices = _choices(backend, project_id, pool)
+
+    def pool_accuracy(choices):
+        return sum(choices[t["id"]] == t["data"]["truth"] for t in pool) / len(pool)
+    print(f"\n[queue e2e] pool accuracy on {len(pool)} unlabeled tasks: zero-shot {pool_accuracy(zero_shot_choices):.3f}, "
+          f"{version} {pool_accuracy(trained_choices):.3f}")
+    assert pool_accuracy(trained_choices) > pool_accuracy(zero_shot_choices)
     held = _held(ls, project_id)
     # deleting a version clears a live project's model version in Label Studio: the backend sets it again
     assert ls.get_project(project_id)["model_version"] == TITLE

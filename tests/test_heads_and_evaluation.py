@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from backend.learn.heads import LogisticHead, PromptAnchoredHead, ZeroShotHead, candidate_heads
+from backend.learn.heads import (DEFAULT_PRIOR_C, LogisticHead, PromptAnchoredHead, PromptPriorHead, ZeroShotHead,
+                                 candidate_heads)
 from backend.learn.metrics import expected_calibration_error
 from backend.learn.report import write_report
 from backend.learn.selection import split_of, train_and_select
@@ -213,26 +214,30 @@ def test_few_labels_select_by_cross_validation(bank):
     idx = _sample(bank["y_train"], 3, 0)
     head, report = train_and_select(bank["X_train"][idx], bank["y_train"][idx], [int(i) for i in idx],
                                     bank["prototypes"], bank["logit_scale"], bank["names"], False, version="v1")
-    assert report["selection"].startswith("cross-validation (k=")
+    assert report["selection"] == "cross-validation (5 x 5-fold)"  # 30 labels: repeated for ~300 predictions
     assert report["counts"]["total"] == 30
-    assert sum(report["counts"][s] for s in ("train", "val", "test")) == 30
+    assert sum(report["counts"][s] for s in ("train", "test")) == 30
     assert [c["name"] for c in report["candidates"]][0] == "zero-shot"
     assert sum(c["selected"] for c in report["candidates"]) == 1
     assert report["head"] == head.name
-    best = max(c["val_score"] for c in report["candidates"])
-    assert next(c for c in report["candidates"] if c["selected"])["val_score"] == best
+    # the lowest out-of-fold (calibrated) log loss wins; zero-shot whenever it scores at least as well
+    keys = [(round(c["cv_score"], 4), c["cv_log_loss"]) for c in report["candidates"]]
+    assert len(set(keys)) == len(keys)  # no ties to break
+    chosen = next(c for c in report["candidates"] if c["selected"])
+    assert (round(chosen["cv_score"], 4), chosen["cv_log_loss"]) == min(keys)
     zs_acc = _acc(ZeroShotHead(bank["prototypes"], bank["logit_scale"]), bank["X_test"], bank["y_test"])
     assert _acc(head, bank["X_test"], bank["y_test"]) >= zs_acc - 0.02  # never much worse than zero-shot
 
 
-def test_many_labels_validation_split_and_report_files(bank, tmp_path):
+def test_many_labels_cross_validation_and_report_files(bank, tmp_path):
     X, y = bank["X_train"], bank["y_train"]
     ids = list(range(1000, 1000 + len(y)))
     _, early = train_and_select(X[:200], y[:200], ids[:200], bank["prototypes"], bank["logit_scale"],
                                 bank["names"], False, version="v1")
     head, report = train_and_select(X, y, ids, bank["prototypes"], bank["logit_scale"], bank["names"], False,
                                     history=[early], version="v2")
-    assert report["selection"] == "validation split"
+    assert report["selection"] == "cross-validation (1 x 5-fold)"  # 800 labels: 4x the last choice's, chosen again
+    assert report["chosen"]["n_train"] == report["counts"]["train"] == 800 - report["counts"]["test"]
     assert report["head"] != "zero-shot"
     zs_acc = _acc(ZeroShotHead(bank["prototypes"], bank["logit_scale"]), bank["X_test"], bank["y_test"])
     acc = _acc(head, bank["X_test"], bank["y_test"])
@@ -314,12 +319,12 @@ def test_expected_calibration_error():
     assert expected_calibration_error(np.array([]), np.array([])) is None
 
 
-def test_one_label_per_class_defaults_to_prompt_anchored_head(bank):
+def test_one_label_per_class_defaults_to_the_prompt_prior_head(bank):
     idx = _sample(bank["y_train"], 1, 0)
     head, report = train_and_select(bank["X_train"][idx], bank["y_train"][idx], [int(i) for i in idx],
                                     bank["prototypes"], bank["logit_scale"], bank["names"], False)
-    assert report["selection"].startswith("cross-validation") and "default" in report["selection_note"]
-    assert isinstance(head, PromptAnchoredHead)
+    assert report["selection"].startswith("default") and "default" in report["selection_note"]
+    assert isinstance(head, PromptPriorHead) and head.C == DEFAULT_PRIOR_C
     zs_acc = _acc(ZeroShotHead(bank["prototypes"], bank["logit_scale"]), bank["X_test"], bank["y_test"])
     assert _acc(head, bank["X_test"], bank["y_test"]) >= zs_acc
 

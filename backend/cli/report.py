@@ -40,6 +40,10 @@ def load(args) -> tuple[dict, str | None]:
     return report, str(version.directory / "report.html")
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def summary(report: dict) -> str:
     lines = [f"version     {report.get('version')}",
              f"chosen head {report.get('head')}  (selection: {report.get('selection')})"]
@@ -52,7 +56,7 @@ def summary(report: dict) -> str:
             lines.append(f"test {key:<7}{test[key]:.4f}")
     if report.get("candidates"):
         lines.append("candidates  " + ", ".join(
-            f"{c.get('name')}={c.get('val_score', float('nan')):.3f}" for c in report["candidates"]))
+            f"{c.get('name')}={_fmt(c.get('val_score'))}" for c in report["candidates"]))
     return "\n".join(lines)
 
 

@@ -254,7 +254,8 @@ def select_head(run: TrainingRun, project: str, model: ProjectModel, target: Tar
     history = [r for v in run.versions.all(project) if (r := target_report(v, target.from_name))]
     return train_and_select(data.embeddings, data.y, [t["id"] for t in data.tasks], zero_shot.prototypes,
                             zero_shot.logit_scale, target.outputs, target.multiple, history=history,
-                            version=version, audit_ids=audit)
+                            version=version, audit_ids=audit,
+                            previous=model.head(target) if model.is_trained(target) else None)
 
 
 def save_version(run: TrainingRun, project: str, model: ProjectModel, heads: dict, reports: dict,

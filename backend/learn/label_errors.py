@@ -100,6 +100,13 @@ def review_labels(head, X, y, task_ids, label_names, folds: int = 5, seed: int =
     if len(y) < 2:
         return LabelReview([], 0)
     proba, checkable = out_of_fold_proba(head, X, y, len(label_names), folds=folds, seed=seed)
+    return review_from_proba(proba, y, checkable, task_ids, label_names)
+
+
+def review_from_proba(proba: np.ndarray, y, checkable: np.ndarray, task_ids, label_names) -> LabelReview:
+    """Confident learning on probabilities that never saw each item's own label (out-of-fold)."""
+    y = np.asarray(y, dtype=np.int64).ravel()
+    task_ids = list(task_ids)
     ranked, suggested, score = confident_issues(proba, y, checkable)
     errors = [{"rank": r + 1, "task_id": task_ids[i], "given": str(label_names[y[i]]),
                "suggested": str(label_names[suggested[i]]), "confidence": round(float(proba[i, suggested[i]]), 4),

@@ -116,7 +116,8 @@ def learning_curve_png(report: dict) -> bytes:
             if any(z is not None for z in zs):
                 ax.plot(n, [z if z is not None else nan for z in zs], "^:", color="gray",
                         label="zero-shot, test accuracy")
-        ax.plot(n, [v if v is not None else nan for v in val], "s--", alpha=0.7, label="chosen head, selection score")
+        ax.plot(n, [v if v is not None else nan for v in val], "s--", alpha=0.7,
+                label="chosen head, out-of-fold accuracy (actively chosen labels: hard items)")
         for p, x, y in zip(pts, n, acc):
             if y is not None:
                 ax.annotate(str(p.get("version") or "")[-12:], (x, y), textcoords="offset points", xytext=(0, 6),
@@ -157,8 +158,8 @@ def _summary(report: dict) -> list[tuple[str, str]]:
         ("version", report.get("version")),
         ("chosen head", report.get("head")),
         ("selection", f"{report.get('selection')} on {report.get('selection_metric')} — {report.get('selection_reason')}"),
-        ("labeled items", f"{counts.get('total')} (train {counts.get('train')}, val {counts.get('val')}, "
-                          f"{name} {counts.get('test')}); winner refit on {report.get('refit_on')}"),
+        ("labeled items", f"{counts.get('total')} (train {counts.get('train')}, {name} {counts.get('test')}); "
+                          f"the chosen head is fitted on {report.get('refit_on')}"),
         (f"{name} accuracy", f"{_fmt(test.get('accuracy'))} (zero-shot {_fmt(zs.get('accuracy'))})"),
         (f"{name} macro F1", f"{_fmt(test.get('macro_f1'))} (zero-shot {_fmt(zs.get('macro_f1'))})"),
         (f"{name} ROC-AUC (macro OvR)", f"{_fmt(test.get('roc_auc'))}{auc_note}"),

@@ -1,42 +1,47 @@
-"""Train heads on annotated embeddings, pick one on held-out data, and report how good it is.
+"""Train heads on annotated embeddings, choose one by cross-validation, and report how good it is.
 
-- split_of(task_id): a task's split ("train" / "val" / "test") from a hash of its id, so a task
-  never changes split as the project grows.
-- train_and_select(...): fits every candidate head on train, selects on validation (or by
-  cross-validation on train+val when labels are few), refits the winner on train+val and
-  evaluates it on test. Returns the fitted head and a JSON-serializable report.
+- train_and_select(...): fits every candidate head (zero-shot and the prompt-prior family along its
+  regularisation path) on every training label, chooses by repeated stratified k-fold cross-validation
+  on those same labels (out-of-fold log loss after temperature calibration: smooth, so no two heads tie
+  and a few noisy items move it little), never serves a head that scores below zero-shot, and
+  evaluates the winner on the test set. Returns the fitted head and a JSON-serializable report.
+- split_of(task_id): a task's hash split, the test set when no audit sample is given.
 
 With audit_ids the test set is the audit sample (tasks drawn uniformly at random, see audit.py)
-instead of the hash test split, and the report gains its numbers with 95% intervals.
+instead of the hash test split, and the report gains its numbers with 95% intervals. Nothing is held
+out for validation: every non-test label trains and is cross-validated on.
 """
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.model_selection import PredefinedSplit
+from scipy.optimize import minimize_scalar
 
 from .audit import accuracy_on, audit_summary
 from .folds import stratified_folds
-from .heads import Head, PromptAnchoredHead, ZeroShotHead, blas_limit, candidate_heads
-from .label_errors import MAX_REPORTED, review_labels
-from .metrics import evaluate, finite, indicator, json_safe, selection_score, selection_score_from_proba
+from .heads import DEFAULT_PRIOR_C, Head, PromptPriorHead, ZeroShotHead, blas_limit, candidate_heads
+from .label_errors import MAX_REPORTED, review_from_proba
+from .metrics import evaluate, finite, indicator, json_safe, selection_score_from_proba
 from .thresholds import threshold_shift
 
-SPLITS = ("train", "val", "test")
-MIN_ITEMS_FOR_VALIDATION_SPLIT = 20
-MIN_VAL_PER_CLASS = 2.0  # average validation items per class below which selection uses CV
+SPLITS = ("train", "test")
 CV_FOLDS = 5
-MIN_CV_SCORED = 10  # fewer cross-validated items than this: use the default head
+MIN_CV_SCORED = 10  # fewer cross-validated items than this: serve the default head
+CV_PREDICTIONS = 300  # repeats of the k folds until about this many out-of-fold predictions (at most 5)
+MAX_CV_REPEATS = 5
+FOLD_TOL = 1e-5  # gradient tolerance of fold refits (1e-4 stops refits along the C path before they move)
+RESELECT_GROWTH = 1.25  # cross-validate the candidates again once the training labels grew by a quarter
 
 
 def split_of(task_id, val: float = 0.15, test: float = 0.15) -> str:
-    """Deterministic split of a task: sha1 of str(task_id) mapped to [0, 1)."""
+    """Deterministic split of a task: sha1 of str(task_id) mapped to [0, 1) ("val" is kept for old reports;
+    selection trains on val items too)."""
     digest = hashlib.sha1(str(task_id).encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     if u < test:
@@ -54,7 +59,7 @@ class _Data:
     Y: np.ndarray  # (n,) class indices or (n, K) indicators
     label_names: list[str]
     multiple: bool
-    splits: np.ndarray  # "train" / "val" / "test" per item
+    splits: np.ndarray  # "train" / "test" per item
 
     @property
     def K(self) -> int:
@@ -66,71 +71,95 @@ class _Data:
 
 @dataclass
 class _Plan:
-    """How candidates are compared: on the validation split (k = 0) or by k-fold CV on train+val."""
+    """How candidates are compared: repeated stratified k-fold cross-validation on every training item."""
 
     k: int
+    repeats: int
     selection: str
     reason: str
-    cv_idx: np.ndarray | None = None  # items cross-validated (train+val)
-    folds: np.ndarray | None = None  # fold of each cv_idx item
-    scored: np.ndarray | None = None  # which cv_idx items count in the score
+    train_idx: np.ndarray  # positions of the training items
+    folds: list  # per repeat: the fold of each training item
+    scored: np.ndarray  # which training items count in the score (their class has 2+ labels)
     note: str | None = None
 
     @property
     def too_few_scored(self) -> bool:
-        return bool(self.k) and int(self.scored.sum()) < MIN_CV_SCORED
+        return int(self.scored.sum()) < MIN_CV_SCORED
 
 
-def _splits(task_ids, val: float, test: float, audit_ids: Collection | None) -> np.ndarray:
-    """Each task's split. With an audit set it is the test set; the hash validation split stays as
-    it was and the hash test items train (active learning chose them: a biased test set)."""
+def _splits(task_ids, test: float, audit_ids: Collection | None) -> np.ndarray:
+    """Each task's split: the audit sample is the test set (given, even empty), else the hash test split.
+    Every other labeled item trains and is cross-validated on."""
     if audit_ids is None:
-        return np.array([split_of(t, val=val, test=test) for t in task_ids])
+        return np.array(["test" if split_of(t, test=test) == "test" else "train" for t in task_ids])
     audit = {str(a) for a in audit_ids}  # ids compare as split_of hashes them: 7 == "7"
-    return np.array(["test" if str(t) in audit else "val" if split_of(t, val=val, test=test) == "val" else "train"
-                     for t in task_ids])
+    return np.array(["test" if str(t) in audit else "train" for t in task_ids])
 
 
-def _prepare(X, Y, task_ids, label_names, multiple, val, test, audit_ids=None) -> _Data:
+def _prepare(X, Y, task_ids, label_names, multiple, test, audit_ids=None) -> _Data:
     """Arrays in their canonical shapes and dtypes, with each task's split."""
     label_names = [str(x) for x in label_names]
     X = np.asarray(X, dtype=np.float32).reshape(len(task_ids), -1)
     Y = np.asarray(Y).reshape(len(task_ids), len(label_names)) if multiple else np.asarray(Y, dtype=np.int64).ravel()
     if len(Y) != len(X):
         raise ValueError(f"{len(X)} embeddings but {len(Y)} labels")
-    return _Data(X, Y, label_names, bool(multiple), _splits(task_ids, val, test, audit_ids))
+    return _Data(X, Y, label_names, bool(multiple), _splits(task_ids, test, audit_ids))
 
 
 def _plan(data: _Data) -> _Plan:
-    """Validation split when it has enough items per class, else cross-validation on train+val."""
-    K = data.K
-    trva = data.mask("train", "val")
-    n_trva, n_val = int(trva.sum()), int(data.mask("val").sum())
-    if n_trva >= MIN_ITEMS_FOR_VALIDATION_SPLIT and n_val / K >= MIN_VAL_PER_CLASS:
-        return _Plan(0, "validation split", f"{n_val} validation items for {K} classes")
-    k = int(min(CV_FOLDS, max(2, n_trva)))
-    plan = _Plan(k, f"cross-validation (k={k})",
-                 f"{n_val} validation items for {K} classes (< {MIN_VAL_PER_CLASS:g} per class) "
-                 f"or fewer than {MIN_ITEMS_FOR_VALIDATION_SPLIT} labeled train+val items")
-    # Cross-validation scores every candidate on the same items: single choice only counts items
-    # whose class has another labeled example (a fold cannot learn a class it never saw, and at
-    # deployment every labeled class is trained on).
-    plan.cv_idx = np.flatnonzero(trva)
-    Ycv = data.Y[plan.cv_idx]
-    plan.folds = stratified_folds(Ycv, k, data.multiple)
-    if data.multiple:
-        plan.scored = np.ones(len(plan.cv_idx), dtype=bool)
-    else:
-        plan.scored = np.bincount(Ycv, minlength=K)[Ycv] >= 2
-    n_scored = int(plan.scored.sum())
+    """Repeated stratified k-fold CV over the training items; single choice scores only items whose class
+    has another training example (a fold cannot learn a class it never saw, and every labeled class is
+    trained on when serving)."""
+    train_idx = np.flatnonzero(data.mask("train"))
+    n = len(train_idx)
+    Y = data.Y[train_idx]
+    k = int(min(CV_FOLDS, max(2, n)))
+    repeats = int(np.clip(np.ceil(CV_PREDICTIONS / max(n, 1)), 1, MAX_CV_REPEATS))
+    folds = [stratified_folds(Y, k, data.multiple, seed=r) for r in range(repeats)] if n else []
+    scored = np.ones(n, dtype=bool) if data.multiple else np.bincount(Y, minlength=data.K)[Y] >= 2
+    plan = _Plan(k, repeats, f"cross-validation ({repeats} x {k}-fold)",
+                 f"{n} training labels, {int(scored.sum())} of them in classes with 2+ labels", train_idx, folds, scored)
     if plan.too_few_scored:
-        plan.note = (f"only {n_scored} cross-validated items: too few to compare heads, so the default "
-                     + ("head is used (zero-shot)" if data.multiple else
-                        "head is used (the first, most anchored, prompt-anchored head: close to zero-shot but "
-                        "uses every label)"))
-    elif not plan.scored.all():
-        plan.note = f"scored on the {n_scored} of {len(plan.cv_idx)} items whose class has 2+ labels"
+        plan.note = (f"only {int(scored.sum())} cross-validated items: too few to compare heads, so the default "
+                     + (f"head is used (prompt-prior, C={DEFAULT_PRIOR_C:g}: the label prompts at the scale the "
+                        "labels support, moved by every label)" if n else "head is used (zero-shot)"))
+    elif not scored.all():
+        plan.note = f"scored on the {int(scored.sum())} of {n} items whose class has 2+ labels"
     return plan
+
+
+def _log_probabilities(proba: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(proba, 1e-12, 1.0))
+
+
+def calibrated_log_loss(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(mean log loss after the best single temperature, that temperature) of single-choice probabilities:
+    compares how well heads separate the classes, not how confident they happen to be."""
+    L = _log_probabilities(proba)
+    rows = np.arange(len(y))
+
+    def nll(log_t):
+        Z = L * np.exp(log_t)
+        Z = Z - Z.max(axis=1, keepdims=True)
+        return float((np.log(np.exp(Z).sum(axis=1)) - Z[rows, y]).mean())
+    best = minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded")
+    return float(best.fun), float(np.exp(best.x))
+
+
+@dataclass
+class _Scores:
+    """A candidate's out-of-fold figures (all repeats pooled; oof is the first repeat's probabilities)."""
+
+    score: float  # the selection score: lower is better
+    accuracy: float
+    log_loss: float
+    oof: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What candidates are ordered by: the score to 4 decimals, then the uncalibrated log loss (perfectly
+        separated folds calibrate every head to a loss of 0: a tie that must not fall to list order)."""
+        return (round(self.score, 4), self.log_loss)
 
 
 class _HalfThreshold(Head):
@@ -146,64 +175,132 @@ class _HalfThreshold(Head):
         return np.full(self.n_classes, 0.5)
 
 
-def _cv_score(head: Head, data: _Data, plan: _Plan) -> float:
-    """Out-of-fold selection score: each fold predicted by a clone fitted on the other folds."""
-    X, Y, idx = data.X, data.Y, plan.cv_idx
-    oof = np.zeros((len(idx), data.K))
-    for fit_pos, ev_pos in PredefinedSplit(plan.folds).split():
-        if not plan.scored[ev_pos].any():
-            continue
-        part = clone(head).fit(X[idx[fit_pos]], Y[idx[fit_pos]])
-        oof[ev_pos] = part.predict_proba(X[idx[ev_pos]])
-        if data.multiple:  # decisions need each fold's own thresholds
-            oof[ev_pos] = threshold_shift(oof[ev_pos], part)
-    scorer = _HalfThreshold(data.K) if data.multiple else head
-    return selection_score_from_proba(scorer, oof[plan.scored], Y[idx][plan.scored], data.multiple)
+def _refit(head: Head, X, Y, start: Head | None = None, tol: float | None = None) -> Head:
+    """A clone of head fitted on X, Y; starting from ``start``'s weights where the family allows (warm start
+    along the C path). ``start`` must never have seen the items a fold holds out."""
+    part = clone(head)
+    if hasattr(part, "warm_start") and start is not None and hasattr(start, "W_"):
+        part.set_params(warm_start=True)
+        part.W_, part.b_ = start.W_, start.b_
+    if tol is not None and hasattr(part, "tol"):
+        part.set_params(tol=tol)
+    part.fit(X, Y)
+    if hasattr(part, "warm_start"):
+        part.set_params(warm_start=False)
+    return part
 
 
-def _score(head: Head, data: _Data, plan: _Plan) -> float:
-    """A candidate's selection score; the validation path leaves the head fitted on train."""
-    X, Y = data.X, data.Y
-    if isinstance(head, ZeroShotHead):
-        ev = plan.cv_idx[plan.scored] if plan.k else np.flatnonzero(data.mask("val"))
-        return selection_score_from_proba(head, head.predict_proba(X[ev]), Y[ev], data.multiple)
-    if data.mask("train", "val").sum() < 2:
-        raise ValueError("fewer than 2 labeled train+val items")
-    if plan.k:
-        return _cv_score(head, data, plan)
-    tr, va = data.mask("train"), data.mask("val")
-    if tr.sum() == 0:
-        raise ValueError("no training items")
-    head.fit(X[tr], Y[tr])
-    return selection_score(head, X[va], Y[va], data.multiple)
+def _out_of_fold(candidates: list[Head], data: _Data, plan: _Plan) -> list[list[np.ndarray] | None]:
+    """Per candidate, per repeat: (n_train, K) out-of-fold probabilities (decisions at 0.5 for multiple
+    choice). Within a fold the trained candidates are fitted along the C path, each from the previous one's
+    weights (never from a fit that saw the held-out items)."""
+    X, Y, idx = data.X, data.Y, plan.train_idx
+    runs: list[list] = [[] for _ in candidates]
+    for folds in plan.folds:
+        oofs = [np.zeros((len(idx), data.K)) for _ in candidates]
+        for f in np.unique(folds):
+            held = folds == f
+            previous = None
+            for c, head in enumerate(candidates):
+                if isinstance(head, ZeroShotHead):
+                    part = head
+                else:
+                    part = previous = _refit(head, X[idx[~held]], Y[idx[~held]], previous, FOLD_TOL)
+                oofs[c][held] = part.predict_proba(X[idx[held]])
+                if data.multiple:  # decisions need each fold's own thresholds
+                    oofs[c][held] = threshold_shift(oofs[c][held], part)
+        for c in range(len(candidates)):
+            runs[c].append(oofs[c])
+    return runs
 
 
-def _candidate_results(candidates: list[Head], data: _Data, plan: _Plan) -> list[dict]:
-    results = []
-    for head in candidates:
-        entry = {"name": head.name, "params": json_safe(head.report_params())}
+def _cv_scores(runs: list[np.ndarray], data: _Data, plan: _Plan) -> _Scores:
+    """Out-of-fold selection figures. Single choice: log loss after temperature calibration (a smooth
+    score: no two heads tie, and a noisy handful of items moves it little). Multiple: micro-F1 (higher
+    is better, so its negative is the key)."""
+    Y = data.Y[plan.train_idx]
+    s = plan.scored
+    if data.multiple:
+        f1 = float(np.mean([selection_score_from_proba(_HalfThreshold(data.K), oof[s], Y[s], True) for oof in runs]))
+        bce = float(np.mean([-np.mean(np.log(np.clip(np.where(Y[s] > 0, oof[s], 1 - oof[s]), 1e-12, 1)))
+                             for oof in runs]))
+        return _Scores(-f1, f1, bce, runs[0])
+    P = np.concatenate([oof[s] for oof in runs])
+    y = np.tile(Y[s], len(runs))
+    loss, _ = calibrated_log_loss(P, y)
+    accuracy = float((P.argmax(axis=1) == y).mean())
+    raw = float(-_log_probabilities(P)[np.arange(len(y)), y].mean())
+    return _Scores(loss, accuracy, raw, runs[0])
+
+
+def _candidate_results(candidates: list[Head], data: _Data, plan: _Plan, previous: Head | None = None,
+                       cross_validate: bool = True) -> tuple[list[dict], list]:
+    """Fit every trained candidate on all training items (along the C path, each starting from the
+    previous one's weights, the first from ``previous``, the head serving so far) and cross-validate them.
+    Returns report entries and per-candidate scores (None where not cross-validated)."""
+    X, Y, tr = data.X, data.Y, plan.train_idx
+    results, fitted = [], []
+    for i, head in enumerate(candidates):
+        entry = {"name": head.name}
         t0 = time.perf_counter()
         try:
-            entry["val_score"] = finite(_score(head, data, plan))
+            if not isinstance(head, ZeroShotHead) and len(tr):
+                candidates[i] = head = previous = _refit(head, X[tr], Y[tr], previous)
+            fitted.append(True)
         except Exception as exc:  # a candidate that cannot be fitted is reported, not fatal
-            entry["val_score"] = None
             entry["error"] = f"{type(exc).__name__}: {exc}"
+            fitted.append(False)
+        entry["params"] = json_safe(head.report_params())
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         results.append(entry)
-    return results
+    scores: list = [None] * len(candidates)
+    if cross_validate and not plan.too_few_scored:
+        usable = [h for h, ok in zip(candidates, fitted) if ok]
+        runs = iter(_out_of_fold(usable, data, plan))
+        for i, ok in enumerate(fitted):
+            if ok:
+                scores[i] = score = _cv_scores(next(runs), data, plan)
+                results[i].update(val_score=finite(score.accuracy), cv_accuracy=finite(score.accuracy),
+                                  cv_log_loss=finite(score.log_loss),
+                                  cv_score=finite(score.score if not data.multiple else -score.score))
+    for entry in results:
+        entry.setdefault("val_score", None)
+    return results, scores
 
 
-def _winner_index(candidates: list[Head], results: list[dict], data: _Data, plan: _Plan) -> int:
+def _kept_choice(history, candidates: list[Head], n_train: int) -> tuple[int, dict] | None:
+    """(index of the candidate chosen last time, that choice) while the labels have grown by less than
+    RESELECT_GROWTH since the last cross-validated choice: the choice of C moves slowly with the number of
+    labels, so it is made again on a geometric schedule (a handful of times per doubling), and the runs
+    between fit the chosen head alone."""
+    last = history[-1] if history else None
+    chosen = (last or {}).get("chosen") if isinstance(last, dict) else None
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("n_train"), int):
+        return None
+    if n_train >= chosen["n_train"] * RESELECT_GROWTH or n_train < chosen["n_train"]:
+        return None
+    for i, head in enumerate(candidates):
+        if head.name == chosen.get("head"):
+            return i, chosen
+    return None
+
+
+def _winner_index(candidates: list[Head], results: list[dict], scores: list, data: _Data, plan: _Plan) -> int:
+    """The best cross-validated candidate; zero-shot (index 0) whenever it scores at least as well. With
+    too few labels to cross-validate: the default prompt-prior head (zero-shot without any label)."""
     if plan.too_few_scored:
-        anchored = [i for i, h in enumerate(candidates) if isinstance(h, PromptAnchoredHead)]
-        n_trva = int(data.mask("train", "val").sum())
-        return anchored[0] if anchored and n_trva >= 1 and not data.multiple else 0
-    scores = [r["val_score"] if r["val_score"] is not None else -np.inf for r in results]
-    best_i = 0
-    for i, s in enumerate(scores):  # strict improvement needed: ties go to the simpler (earlier) head
-        if s > scores[best_i] + 1e-12:
-            best_i = i
-    return best_i
+        default = [i for i, h in enumerate(candidates)
+                   if isinstance(h, PromptPriorHead) and float(h.C) == DEFAULT_PRIOR_C and not results[i].get("error")]
+        return default[0] if default and len(plan.train_idx) else 0
+    best = None
+    for i, s in enumerate(scores):
+        if i == 0 or s is None:
+            continue
+        if best is None or s.key < scores[best].key:
+            best = i
+    if best is None or (scores[0] is not None and scores[0].key <= scores[best].key):
+        return 0
+    return best
 
 
 def _zero_shot_summary(zero_shot: Head, data: _Data) -> dict | None:
@@ -251,51 +348,52 @@ def _audit_point(audit: dict | None) -> dict:
 
 def _learning_curve(history, report: dict) -> list[dict]:
     counts, zs = report["counts"], report["zero_shot_test"]
-    point = {"version": report["version"], "n_labels": counts["total"], "n_train": counts["train"] + counts["val"],
+    point = {"version": report["version"], "n_labels": counts["total"], "n_train": counts["train"],
              "test_accuracy": report["test"].get("accuracy"),
              "zero_shot_test_accuracy": zs["accuracy"] if zs else None,
              "val_score": report["val_score"], "head": report["head"], **_audit_point(report.get("audit"))}
     return [p for p in (_curve_point(h) for h in history or ()) if p] + [point]
 
 
-def _audit_candidates(candidates: list[Head], best_i: int, results: list[dict], data: _Data) -> None:
-    """Each candidate's accuracy on the audit set, fitted like the winner (train+val): shown next to
-    the selection score to check the choice, never used for it."""
-    X, Y, te, fit = data.X, data.Y, data.mask("test"), data.mask("train", "val")
-    for i, (head, entry) in enumerate(zip(candidates, results)):
-        if entry.get("error"):
-            continue
-        if i != best_i and not isinstance(head, ZeroShotHead):
-            head = clone(head).fit(X[fit], Y[fit])
-        entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
+def _audit_candidates(candidates: list[Head], results: list[dict], data: _Data) -> None:
+    """Each candidate's accuracy on the audit set (every candidate is fitted on the training items, as
+    the winner): shown next to the selection score to check the choice, never used for it."""
+    X, Y, te = data.X, data.Y, data.mask("test")
+    for head, entry in zip(candidates, results):
+        if not entry.get("error") and (isinstance(head, ZeroShotHead) or data.mask("train").any()):
+            entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
 
 
-def _label_errors(winner: Head, data: _Data, task_ids) -> dict:
-    """Suspected label errors among all labeled items (audit annotations can be wrong too)."""
+def _label_errors(winner: Head, winner_scores: _Scores | None, data: _Data, plan: _Plan, task_ids) -> dict:
+    """Suspected label errors among all labeled items (audit annotations can be wrong too), from
+    probabilities that never saw the item's own label: the selection's out-of-fold ones for training
+    items, the winner's for audit items (never trained on)."""
     if data.multiple:
         return {"label_errors": [], "label_errors_checked": 0, "label_errors_flagged": 0,
                 "label_errors_note": "single choice only"}
-    review = review_labels(winner, data.X, data.Y, task_ids, data.label_names)
+    tr, te = plan.train_idx, np.flatnonzero(data.mask("test"))
+    proba = np.zeros((len(data.Y), data.K))
+    in_train = np.bincount(data.Y[tr], minlength=data.K)
+    checkable = np.zeros(len(data.Y), dtype=bool)
+    if winner_scores is not None and winner_scores.oof is not None:
+        proba[tr], checkable[tr] = winner_scores.oof, plan.scored
+    elif isinstance(winner, ZeroShotHead) and len(tr):
+        proba[tr], checkable[tr] = winner.predict_proba(data.X[tr]), True
+    if len(te):
+        proba[te] = winner.predict_proba(data.X[te])
+        checkable[te] = (in_train[data.Y[te]] >= 1) | isinstance(winner, ZeroShotHead)
+    review = review_from_proba(proba, data.Y, checkable, task_ids, data.label_names)
     return {"label_errors": review.errors[:MAX_REPORTED], "label_errors_checked": review.checked,
             "label_errors_flagged": len(review.errors), "label_errors_note": None}
 
 
-def _refit_and_report(winner: Head, zero_shot: Head, results: list[dict], data: _Data, plan: _Plan,
-                      version: str) -> dict:
-    """Refit the winner on train+val, evaluate it, and build the report (without the learning curve)."""
+def _report(winner: Head, zero_shot: Head, results: list[dict], data: _Data, plan: _Plan, version: str) -> dict:
+    """Evaluate the winner (already fitted on every training item) on the test set; the report without
+    its learning curve."""
     X, Y, names, multiple = data.X, data.Y, data.label_names, data.multiple
-    tr, va, te = data.mask("train"), data.mask("val"), data.mask("test")
-    # validation metrics of the winner as fitted on train only (only meaningful with a val split)
-    val_metrics = None
-    if not plan.k and va.any() and (isinstance(winner, ZeroShotHead) or tr.any()):
-        val_metrics = evaluate(winner, X[va], Y[va], names, multiple)
-    t0 = time.perf_counter()
-    if not isinstance(winner, ZeroShotHead):
-        winner.fit(X[tr | va], Y[tr | va])
-    refit_seconds = time.perf_counter() - t0
-    test_metrics = evaluate(winner, X[te], Y[te], names, multiple)
-    zero_shot_summary = _zero_shot_summary(zero_shot, data)
+    te = data.mask("test")
     counts, class_counts = _counts(data)
+    chosen = next(r for r in results if r["selected"])
     return {
         "version": str(version),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -303,59 +401,80 @@ def _refit_and_report(winner: Head, zero_shot: Head, results: list[dict], data: 
         "labels": names,
         "head": winner.name,
         "head_params": json_safe(winner.report_params()),
-        "selection": plan.selection,
+        "selection": plan.selection if not plan.too_few_scored else "default (too few labels to cross-validate)",
         "selection_reason": plan.reason,
         "selection_note": plan.note,
-        "selection_metric": "micro_f1" if multiple else "accuracy",
-        "val_score": next(r["val_score"] for r in results if r["selected"]),
+        "selection_metric": ("micro_f1" if multiple else
+                             "log loss after temperature calibration (out-of-fold); val_score: out-of-fold accuracy"),
+        "val_score": chosen.get("val_score"),
+        "cv_log_loss": chosen.get("cv_score"),
         "counts": counts,
         "class_counts": class_counts,
         "candidates": results,
-        "val": val_metrics,
-        "test": test_metrics,
-        "zero_shot_test": zero_shot_summary,
+        "val": None,
+        "test": evaluate(winner, X[te], Y[te], names, multiple),
+        "zero_shot_test": _zero_shot_summary(zero_shot, data),
         "thresholds": (None if not multiple or winner.thresholds is None
                        else [float(t) for t in winner.thresholds]),
-        "refit_on": "train+val",
-        "refit_seconds": round(refit_seconds, 3),
+        "refit_on": "every training label (all labels but the test set)",
         "seconds": None,
     }
 
 
 def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names, multiple: bool,
                      history=(), version: str = "", candidates: list[Head] | None = None,
-                     val: float = 0.15, test: float = 0.15,
-                     audit_ids: Collection | None = None) -> tuple[Head, dict]:
-    """Fit candidates, select on validation (or CV), refit the winner on train+val, report on test.
+                     test: float = 0.15, audit_ids: Collection | None = None, previous: Head | None = None,
+                     label_review: bool = True) -> tuple[Head, dict]:
+    """Fit candidates on every training label, choose by repeated stratified cross-validation, report on test.
 
-    X: (n, d) embeddings; Y: class indices (n,) or (n, K) indicators (multiple); task_ids: n ids
-    (their hash decides the split); history: earlier reports (for the learning curve).
-    audit_ids: task ids of the audit sample (None: the hash test split is the test set). Given, even
-    empty, the labeled audit items are the test set and all others train or validate; the report
-    gains "audit" (figures with 95% intervals) and each candidate its audit accuracy.
-    Returns (fitted winner, report dict). The test set never influences the choice.
+    X: (n, d) embeddings; Y: class indices (n,) or (n, K) indicators (multiple); task_ids: n ids;
+    history: earlier reports, oldest first (the learning curve; the last one's choice is kept, without
+    cross-validating again, until the training labels grew by RESELECT_GROWTH). audit_ids: task ids of the
+    audit sample (None: the hash test split of the task ids is the test set). Given, even empty, the
+    labeled audit items are the test set and all others train; the report gains "audit" (figures with
+    95% intervals) and each candidate its audit accuracy. The test set never influences the choice.
+    previous: the head serving so far (its weights start the fits). label_review: look for suspected label
+    errors (out-of-fold probabilities of the winner). Returns (fitted winner, report dict).
     """
     with blas_limit():
         started = time.perf_counter()
-        data = _prepare(X, Y, task_ids, label_names, multiple, val, test, audit_ids)
+        data = _prepare(X, Y, task_ids, label_names, multiple, test, audit_ids)
         if candidates is None:
             candidates = candidate_heads(prototypes, logit_scale, multiple)
         if not candidates or not isinstance(candidates[0], ZeroShotHead):
             raise ValueError("the first candidate must be the zero-shot head")
         plan = _plan(data)
-        results = _candidate_results(candidates, data, plan)
-        best_i = _winner_index(candidates, results, data, plan)
+        kept = None if plan.too_few_scored else _kept_choice(history, candidates, len(plan.train_idx))
+        if kept is not None:
+            candidates = [candidates[0]] + ([candidates[kept[0]]] if kept[0] else [])
+        results, scores = _candidate_results(candidates, data, plan, previous, cross_validate=kept is None)
+        best_i = (len(candidates) - 1) if kept is not None else _winner_index(candidates, results, scores, data, plan)
         for i, r in enumerate(results):
             r["selected"] = i == best_i
         winner = candidates[best_i]
-        report = _refit_and_report(winner, candidates[0], results, data, plan, version)
+        report = _report(winner, candidates[0], results, data, plan, version)
+        if kept is not None:
+            report.update(selection=f"kept from {kept[1].get('version')} (cross-validated at {kept[1]['n_train']} "
+                                    f"training labels; chosen again at {int(np.ceil(kept[1]['n_train'] * RESELECT_GROWTH))})",
+                          val_score=kept[1].get("val_score"), chosen=kept[1])
+        else:
+            report["chosen"] = {"head": winner.name, "n_train": int(len(plan.train_idx)), "version": str(version),
+                                "val_score": report["val_score"]}
         report["test_set"] = "hash split" if audit_ids is None else "audit sample"
         if audit_ids is not None:
             te = data.mask("test")
             report["audit"] = audit_summary(winner, candidates[0], data.X[te], data.Y[te], data.label_names,
                                             data.multiple)
-            _audit_candidates(candidates, best_i, results, data)
-        report.update(_label_errors(winner, data, list(task_ids)))
+            _audit_candidates(candidates, results, data)
+        if label_review:
+            winner_scores = scores[best_i]
+            if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):
+                winner_scores = _Scores(float("nan"), float("nan"), float("nan"),
+                                        _out_of_fold([winner], data, replace(plan, folds=plan.folds[:1]))[0][0])
+            report.update(_label_errors(winner, winner_scores, data, plan, list(task_ids)))
+        else:
+            report.update(label_errors=None, label_errors_checked=0, label_errors_flagged=0,
+                          label_errors_note="not checked in this run")
         report["learning_curve"] = _learning_curve(history, report)
         report["seconds"] = round(time.perf_counter() - started, 3)
         return winner, json_safe(report)

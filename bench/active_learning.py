@@ -38,8 +38,9 @@ import numpy as np
 from backend.learn.heads import LogisticHead, ZeroShotHead
 from backend.queue import ColdStart, Entropy, LeastConfidence, Margin, QueryContext, RandomSampling
 from bench.datasets import DATA, SPECS, Data, Spec, embedded, image_encoder_missing, log
-from bench.shipped_loop import (AUDIT_SHARE, OURS_VARIANTS, QUEUE_BATCH, SYSTEM_NAMES, ShippedLoop, eval_points,
-                                plot_systems, run_ls_example, summarize_systems, system_result, texts_of)
+from bench.shipped_loop import (AUDIT_SHARE, CHECKPOINTS, OURS_VARIANTS, QUEUE_BATCH, RETRAIN_EVERY, SYSTEM_NAMES,
+                                ShippedLoop, ablation_steps,
+                                eval_points, plot_systems, run_ls_example, summarize_systems, system_result, texts_of)
 from bench.strategy_variants import ExploringBoundaryRetrieval
 
 STRATEGY_NAMES = ("random", "least_confidence", "margin", "entropy", "boundary", "modal_margin")
@@ -236,8 +237,12 @@ def bench_dataset(spec: Spec, args) -> dict:
         mine = res.get("labels_to_95pct")
         res["labels_vs_random"] = (mine / rnd) if (mine is not None and rnd) else None
     systems = [s for s in SYSTEM_NAMES if s in args.systems]
+    if "ours" in systems and "random" in names and "ours-random" not in systems:
+        systems.insert(systems.index("ours") + 1, "ours-random")  # the random arm run through the shipped loop
     if systems:
         bench_systems(spec, d, args, systems, out)
+    if args.ablation:
+        bench_ablation(spec, d, args, out)
     return out
 
 
@@ -271,7 +276,7 @@ def bench_systems(spec: Spec, d: Data, args, systems: list[str], out: dict) -> N
     budget = args.system_budget.get(spec.name) or out["label_budget"]
     budget = min(budget, len(d.X_pool))
     at = min(args.estimate_at, budget)
-    points = eval_points(budget, extra=(at,))
+    points = eval_points(budget, step=5 if spec.batch <= 5 else 10, extra=(at,) + CHECKPOINTS)
     out.update(system_budget=budget, estimates_at_labels=at, retrain_every=args.retrain_every,
                queue_batch=QUEUE_BATCH, audit_share=args.audit_share, systems={},
                majority_accuracy=float(np.bincount(d.y_test).max() / len(d.y_test)))
@@ -306,6 +311,27 @@ def bench_systems(spec: Spec, d: Data, args, systems: list[str], out: dict) -> N
                      f"(n={e['biased_n']}); signed audit {e['audit_signed_error_mean']} "
                      f"old {e['biased_signed_error_mean']}")
         log(line)
+
+
+def bench_ablation(spec: Spec, d: Data, args, out: dict) -> None:
+    """Labels to 95% (and accuracy at the checkpoints) of each step between the fixed-head strategy and the
+    shipped loop (bench.shipped_loop.ablation_steps), same seeds, pool and label grid."""
+    budget = min(args.system_budget.get(spec.name) or out["label_budget"], len(d.X_pool))
+    step = 5 if spec.batch <= 5 else 10
+    points = eval_points(budget, step=step, extra=CHECKPOINTS)
+    rows = []
+    for name, kw in ablation_steps(spec.quick_batch if args.quick else spec.batch):
+        t0 = time.perf_counter()
+        traces = [ShippedLoop(d, seed, **kw).run(budget, points) for seed in range(args.seeds)]
+        res = system_result(traces, out["target_accuracy"], out["full_pool_accuracy"], budget, time.perf_counter() - t0)
+        mean = dict(zip(res["curve"]["labels"], res["curve"]["accuracy_mean"]))
+        rows.append({"step": name, "config": kw, "labels_to_95pct": res["labels_to_95pct"],
+                     "labels_to_95pct_per_seed": res["labels_to_95pct_per_seed"],
+                     "accuracy_at": {m: mean[m] for m in CHECKPOINTS if m in mean}, "seconds": res["seconds"],
+                     "curve": res["curve"]})
+        log(f"  ablation {name:28s} labels_to_95%={res['labels_to_95pct']!s:>5} per-seed={res['labels_to_95pct_per_seed']}"
+            f" acc@{list(rows[-1]['accuracy_at'])}={list(rows[-1]['accuracy_at'].values())} ({res['seconds']}s)")
+    out["ablation"] = {"label_step": step, "budget": budget, "rows": rows}
 
 
 def plot(results: dict, path: Path) -> None:
@@ -381,8 +407,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="comma-separated arms: strategies (%s) and/or systems (%s); replaces --strategies"
                          % (", ".join(STRATEGY_NAMES), ", ".join(SYSTEM_NAMES)))
     ap.add_argument("--retrain-every", type=int, default=None,
-                    help="ours: a training run every N labels (default QUEUE_BATCH = %d; 10 with --quick)"
-                         % QUEUE_BATCH)
+                    help="ours: a training run every N labels (default %d: the server retrains as often as runs "
+                         "finish, every few labels; docs/active_learning.md)" % RETRAIN_EVERY)
     ap.add_argument("--audit-share", type=float, default=AUDIT_SHARE,
                     help="ours: share of served tasks drawn uniformly for the audit (default %g; 0 = none)"
                          % AUDIT_SHARE)
@@ -390,6 +416,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--system-budget", type=json.loads, default={},
                     help='JSON {dataset: label budget} for the system arms (default: the dataset\'s budget)')
     ap.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
+    ap.add_argument("--ablation", action="store_true",
+                    help="run the steps from the fixed-head strategy to the shipped loop (bench.shipped_loop.ablation_steps)")
     ap.add_argument("--boundary-kwargs", type=json.loads, default={},
                     help='JSON keyword arguments for BoundaryRetrieval or its bench variants '
                          '(bench.strategy_variants.ExploringBoundaryRetrieval), e.g. \'{"density_weight": 0.1}\' '
@@ -402,10 +430,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error(f"unknown arm(s) {unknown}; choose from {', '.join(STRATEGY_NAMES + SYSTEM_NAMES)}")
         args.strategies = [a for a in args.arms if a in STRATEGY_NAMES]
         args.systems = [a for a in args.arms if a in SYSTEM_NAMES]
+    if args.ablation and args.arms is None:
+        args.strategies = []  # the ablation alone
     if args.seeds is None:
         args.seeds = 2 if args.quick else 3
     if args.retrain_every is None:
-        args.retrain_every = 10 if args.quick else QUEUE_BATCH
+        args.retrain_every = RETRAIN_EVERY
     return args
 
 

@@ -83,6 +83,30 @@ def test_cli_arms_accepts_strategies_and_systems():
     args = parse_args(["--quick", "--arms", "random,ours,ls-example"])
     assert (args.strategies, args.systems, args.retrain_every) == (["random"], ["ours", "ls-example"], 10)
     args = parse_args(["--strategies", "margin"])  # the strategy arms alone, as before
-    assert (args.strategies, args.systems, args.retrain_every) == (["margin"], [], 50)
+    assert (args.strategies, args.systems, args.retrain_every) == (["margin"], [], 10)
     with pytest.raises(SystemExit):
         parse_args(["--arms", "nope"])
+
+
+def test_ours_random_is_the_same_loop_serving_import_order():
+    d = _data()
+    loop = ShippedLoop(d, seed=4, retrain_every=10, batch=20, audit_share=0.0, order="random")
+    loop.run(30, eval_points(30))
+    assert loop.train_idx == loop.order[:30].tolist()  # import order, untouched by the queue
+    assert loop.trained and [c["name"] for c in loop.report["candidates"]][0] == "zero-shot"  # selected as ours
+
+
+def test_system_summary_checks_the_three_targets():
+    from bench.shipped_loop import summarize_systems
+
+    def system(l95, accs):
+        return {"labels_to_95pct": l95, "curve": {"labels": [10, 20, 50], "accuracy_mean": accs}}
+    results = {"datasets": {"a": {
+        "system_budget": 50, "label_budget": 50,
+        "systems": {"ours": system(20, [0.70, 0.80, 0.85]), "ours-random": system(40, [0.6, 0.7, 0.8]),
+                    "ls-example": system(40, [0.72, 0.79, 0.84])},
+        "strategies": {"boundary": {"labels_to_95pct": 30}, "random": {"labels_to_95pct": 50}}}}}
+    row = summarize_systems(results, at=50)["labels_to_95pct"]["a"]
+    assert row["ratio"] == 0.5 and row["meets_labels_target"]
+    assert row["checkpoint_gap"] == {10: -0.02, 20: 0.01, 50: 0.01} and not row["meets_checkpoint_target"]
+    assert (row["ours_vs_ours_random"], row["boundary_vs_random"]) == (0.5, 0.6) and row["meets_gain_target"]

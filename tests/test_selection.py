@@ -118,3 +118,13 @@ def test_too_few_labels_serve_the_default_prompt_prior_head():
     head, report = train_and_select(X, y, list(range(1, K + 1)), centres, 20.0, [f"c{k}" for k in range(K)], False,
                                     audit_ids=list(range(1, K + 1)))
     assert isinstance(head, ZeroShotHead) and report["counts"]["test"] == K
+
+
+def test_an_encoder_without_prompts_never_serves_its_uniform_zero_shot():
+    centres, sample = _world(7, noise=3.0)
+    X, y = sample(24)
+    y = np.random.default_rng(1).permutation(y)  # labels that teach nothing
+    head, report = _select(X, y, np.zeros_like(centres))
+    scores = {c["name"]: c["cv_score"] for c in report["candidates"]}
+    assert min(v for k, v in scores.items() if k != "zero-shot") > scores["zero-shot"]  # all below uniform...
+    assert isinstance(head, PromptPriorHead)  # ...and still one of them serves, not a constant class

@@ -286,8 +286,9 @@ def _kept_choice(history, candidates: list[Head], n_train: int) -> tuple[int, di
 
 
 def _winner_index(candidates: list[Head], results: list[dict], scores: list, data: _Data, plan: _Plan) -> int:
-    """The best cross-validated candidate; zero-shot (index 0) whenever it scores at least as well. With
-    too few labels to cross-validate: the default prompt-prior head (zero-shot without any label)."""
+    """The best cross-validated candidate; zero-shot (index 0) whenever it scores at least as well (unless it
+    has no prompts to go by: prototypes of zeros predict one class for everything). With too few labels to
+    cross-validate: the default prompt-prior head (zero-shot without any label)."""
     if plan.too_few_scored:
         default = [i for i, h in enumerate(candidates)
                    if isinstance(h, PromptPriorHead) and float(h.C) == DEFAULT_PRIOR_C and not results[i].get("error")]
@@ -298,7 +299,8 @@ def _winner_index(candidates: list[Head], results: list[dict], scores: list, dat
             continue
         if best is None or s.key < scores[best].key:
             best = i
-    if best is None or (scores[0] is not None and scores[0].key <= scores[best].key):
+    informative = bool(np.abs(np.asarray(candidates[0].prototypes)).sum() > 0)  # an encoder without a text tower
+    if best is None or (informative and scores[0] is not None and scores[0].key <= scores[best].key):
         return 0
     return best
 

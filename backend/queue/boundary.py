@@ -55,12 +55,14 @@ class _Batch:
         self.taken: set = set()
         self.vecs: list[np.ndarray] = []
         self.margins: list[float] = []
+        self.pairs: list = []  # the pair (its slots) each pick was made for; None for top-up picks
 
-    def add(self, key, vec: np.ndarray, margin: float) -> None:
+    def add(self, key, vec: np.ndarray, margin: float, pair=None) -> None:
         self.keys.append(key)
         self.taken.add(key)
         self.vecs.append(vec)
         self.margins.append(margin)
+        self.pairs.append(pair)
 
     def avoid(self) -> np.ndarray | None:
         """Embeddings a new pick must not nearly duplicate: the labeled items and the picks so far."""
@@ -72,6 +74,37 @@ class _Batch:
     def by_margin(self, k: int) -> list:
         order = np.argsort(np.asarray(self.margins), kind="stable")[:k]
         return [self.keys[o] for o in order]
+
+    def prefix_diverse(self, k: int, lam: float) -> list:
+        """The k smallest-margin picks, ordered so that every prefix is uncertain and diverse (greedy maximal
+        marginal relevance, starting with the smallest margin): annotators take the top of a batch before the
+        next run replaces it, so the top must not be k near-identical items from one pair."""
+        margins = np.asarray(self.margins)
+        first = np.argsort(margins, kind="stable")[:k]
+        order = mmr_picks(first, 1.0 - margins[first], np.asarray(self.vecs, np.float32), len(first), lam=lam,
+                          threshold=np.inf)
+        return [self.keys[o] for o in order]
+
+    def interleaved(self, k: int) -> list:
+        """The pairs' picks interleaved so that every prefix shares its positions among the pairs as the batch
+        does (at each position the pair furthest behind its share; within a pair, pick order), then the
+        top-up picks by margin: a prefix is close to the batch the strategy would pick for that size."""
+        queues: dict[int, list[int]] = {}
+        slots: dict[int, int] = {}
+        for n, pair in enumerate(self.pairs):
+            if pair is not None:
+                queues.setdefault(id(pair), []).append(n)
+                slots[id(pair)] = pair.slots
+        total = sum(slots.values())
+        taken = dict.fromkeys(queues, 0)
+        order: list[int] = []
+        for position in range(1, sum(len(q) for q in queues.values()) + 1):
+            live = [p for p in queues if taken[p] < len(queues[p])]
+            p = max(live, key=lambda p: slots[p] * position / total - taken[p])  # ties: the heavier pair (first)
+            order.append(queues[p][taken[p]])
+            taken[p] += 1
+        rest = [n for n in np.argsort(np.asarray(self.margins), kind="stable") if self.pairs[n] is None]
+        return [self.keys[n] for n in (order + rest)[:k]]
 
 
 class BoundaryRetrieval(QueryStrategy):
@@ -108,7 +141,7 @@ class BoundaryRetrieval(QueryStrategy):
     def __init__(self, overfetch: int = 10, min_candidates: int = 50, shortlist_factor: int = 3,
                  queries_per_pair: int = 3, direction: str = "crossing", pair_sample: int = 4000,
                  dup_threshold: float = DUPLICATE_COSINE, diversity: float = 0.5,
-                 exhaustive_max: int = 50_000, pair_power: float = 1.0):
+                 exhaustive_max: int = 50_000, pair_power: float = 1.0, order: str = "interleave"):
         if direction not in ("crossing", "bisector"):
             raise ValueError("direction must be 'crossing' or 'bisector'")
         self.overfetch = overfetch
@@ -121,6 +154,9 @@ class BoundaryRetrieval(QueryStrategy):
         self.diversity = diversity
         self.exhaustive_max = exhaustive_max
         self.pair_power = pair_power
+        if order not in ("interleave", "diverse", "margin"):
+            raise ValueError("order must be 'interleave', 'diverse' or 'margin'")
+        self.order = order
 
     def uncertainty(self, proba, embeddings=None, context: QueryContext = QueryContext()):
         return 1.0 - top2_margin(proba)
@@ -285,12 +321,14 @@ class BoundaryRetrieval(QueryStrategy):
             picks = mmr_picks(shortlist, 1.0 - margins[shortlist], V, pair.slots, lam=self.diversity,
                               threshold=self.dup_threshold, avoid=batch.avoid())
             for p in picks:
-                batch.add(keys[p], V[p], float(margins[p]))
+                batch.add(keys[p], V[p], float(margins[p]), pair)
             taken = set(picks)
             leftovers.extend((float(margins[o]), keys[o], V[o]) for o in order[:4 * max(k, 1)] if o not in taken)
         if len(batch.keys) < k and leftovers:
             self._top_up(batch, leftovers, k)
-        return batch.by_margin(k)
+        if self.order == "interleave":
+            return batch.interleaved(k)
+        return batch.prefix_diverse(k, self.diversity) if self.order == "diverse" else batch.by_margin(k)
 
     def _top_up(self, batch: _Batch, leftovers: list, k: int) -> None:
         """Fill the batch from everything retrieved, by margin, still without near-duplicates."""

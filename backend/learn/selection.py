@@ -5,7 +5,8 @@
   on those same labels (out-of-fold log loss after temperature calibration: smooth, so no two heads tie
   and a few noisy items move it little), never serves a head that scores below zero-shot, and
   evaluates the winner on the test set. Returns the fitted head and a JSON-serializable report.
-- split_of(task_id): a task's hash split, the test set when no audit sample is given.
+- split_of(task_id): a task's hash split, the test set when no audit sample is given (cross_validation.py,
+  which also holds the folds and the out-of-fold scoring).
 
 With audit_ids the test set is the audit sample (tasks drawn uniformly at random, see audit.py)
 instead of the hash test split, and the report gains its numbers with 95% intervals. Nothing is held
@@ -13,227 +14,24 @@ out for validation: every non-test label trains and is cross-validated on.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
-from sklearn.base import clone
-from scipy.optimize import minimize_scalar
 
 from .audit import accuracy_on, audit_summary
-from .folds import stratified_folds
+from .cross_validation import (SPLITS, CVPlan, CVScores, LabeledData, cv_scores, out_of_fold, plan_cv, prepare,
+                               refit, split_of)  # noqa: F401  (split_of is part of this module's interface)
 from .heads import DEFAULT_PRIOR_C, Head, PromptPriorHead, ZeroShotHead, blas_limit, candidate_heads
 from .label_errors import MAX_REPORTED, review_from_proba
-from .metrics import evaluate, finite, indicator, json_safe, selection_score_from_proba
-from .thresholds import threshold_shift
+from .metrics import evaluate, finite, indicator, json_safe
 
-SPLITS = ("train", "test")
-CV_FOLDS = 5
-MIN_CV_SCORED = 10  # fewer cross-validated items than this: serve the default head
-CV_PREDICTIONS = 300  # repeats of the k folds until about this many out-of-fold predictions (at most 5)
-MAX_CV_REPEATS = 5
-FOLD_TOL = 1e-5  # gradient tolerance of fold refits (1e-4 stops refits along the C path before they move)
 RESELECT_GROWTH = 1.25  # cross-validate the candidates again once the training labels grew by a quarter
 
 
-def split_of(task_id, val: float = 0.15, test: float = 0.15) -> str:
-    """Deterministic split of a task: sha1 of str(task_id) mapped to [0, 1) ("val" is kept for old reports;
-    selection trains on val items too)."""
-    digest = hashlib.sha1(str(task_id).encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0 ** 64
-    if u < test:
-        return "test"
-    if u < test + val:
-        return "val"
-    return "train"
-
-
-@dataclass
-class _Data:
-    """The labeled items and their splits."""
-
-    X: np.ndarray
-    Y: np.ndarray  # (n,) class indices or (n, K) indicators
-    label_names: list[str]
-    multiple: bool
-    splits: np.ndarray  # "train" / "test" per item
-
-    @property
-    def K(self) -> int:
-        return len(self.label_names)
-
-    def mask(self, *names: str) -> np.ndarray:
-        return np.isin(self.splits, names)
-
-
-@dataclass
-class _Plan:
-    """How candidates are compared: repeated stratified k-fold cross-validation on every training item."""
-
-    k: int
-    repeats: int
-    selection: str
-    reason: str
-    train_idx: np.ndarray  # positions of the training items
-    folds: list  # per repeat: the fold of each training item
-    scored: np.ndarray  # which training items count in the score (their class has 2+ labels)
-    note: str | None = None
-
-    @property
-    def too_few_scored(self) -> bool:
-        return int(self.scored.sum()) < MIN_CV_SCORED
-
-
-def _splits(task_ids, test: float, audit_ids: Collection | None) -> np.ndarray:
-    """Each task's split: the audit sample is the test set (given, even empty), else the hash test split.
-    Every other labeled item trains and is cross-validated on."""
-    if audit_ids is None:
-        return np.array(["test" if split_of(t, test=test) == "test" else "train" for t in task_ids])
-    audit = {str(a) for a in audit_ids}  # ids compare as split_of hashes them: 7 == "7"
-    return np.array(["test" if str(t) in audit else "train" for t in task_ids])
-
-
-def _prepare(X, Y, task_ids, label_names, multiple, test, audit_ids=None) -> _Data:
-    """Arrays in their canonical shapes and dtypes, with each task's split."""
-    label_names = [str(x) for x in label_names]
-    X = np.asarray(X, dtype=np.float32).reshape(len(task_ids), -1)
-    Y = np.asarray(Y).reshape(len(task_ids), len(label_names)) if multiple else np.asarray(Y, dtype=np.int64).ravel()
-    if len(Y) != len(X):
-        raise ValueError(f"{len(X)} embeddings but {len(Y)} labels")
-    return _Data(X, Y, label_names, bool(multiple), _splits(task_ids, test, audit_ids))
-
-
-def _plan(data: _Data) -> _Plan:
-    """Repeated stratified k-fold CV over the training items; single choice scores only items whose class
-    has another training example (a fold cannot learn a class it never saw, and every labeled class is
-    trained on when serving)."""
-    train_idx = np.flatnonzero(data.mask("train"))
-    n = len(train_idx)
-    Y = data.Y[train_idx]
-    k = int(min(CV_FOLDS, max(2, n)))
-    repeats = int(np.clip(np.ceil(CV_PREDICTIONS / max(n, 1)), 1, MAX_CV_REPEATS))
-    folds = [stratified_folds(Y, k, data.multiple, seed=r) for r in range(repeats)] if n else []
-    scored = np.ones(n, dtype=bool) if data.multiple else np.bincount(Y, minlength=data.K)[Y] >= 2
-    plan = _Plan(k, repeats, f"cross-validation ({repeats} x {k}-fold)",
-                 f"{n} training labels, {int(scored.sum())} of them in classes with 2+ labels", train_idx, folds, scored)
-    if plan.too_few_scored:
-        plan.note = (f"only {int(scored.sum())} cross-validated items: too few to compare heads, so the default "
-                     + (f"head is used (prompt-prior, C={DEFAULT_PRIOR_C:g}: the label prompts at the scale the "
-                        "labels support, moved by every label)" if n else "head is used (zero-shot)"))
-    elif not scored.all():
-        plan.note = f"scored on the {int(scored.sum())} of {n} items whose class has 2+ labels"
-    return plan
-
-
-def _log_probabilities(proba: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(proba, 1e-12, 1.0))
-
-
-def calibrated_log_loss(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(mean log loss after the best single temperature, that temperature) of single-choice probabilities:
-    compares how well heads separate the classes, not how confident they happen to be."""
-    L = _log_probabilities(proba)
-    rows = np.arange(len(y))
-
-    def nll(log_t):
-        Z = L * np.exp(log_t)
-        Z = Z - Z.max(axis=1, keepdims=True)
-        return float((np.log(np.exp(Z).sum(axis=1)) - Z[rows, y]).mean())
-    best = minimize_scalar(nll, bounds=(-5.0, 3.0), method="bounded")
-    return float(best.fun), float(np.exp(best.x))
-
-
-@dataclass
-class _Scores:
-    """A candidate's out-of-fold figures (all repeats pooled; oof is the first repeat's probabilities)."""
-
-    score: float  # the selection score: lower is better
-    accuracy: float
-    log_loss: float
-    oof: np.ndarray | None = None
-
-    @property
-    def key(self) -> tuple:
-        """What candidates are ordered by: the score to 4 decimals, then the uncalibrated log loss (perfectly
-        separated folds calibrate every head to a loss of 0: a tie that must not fall to list order)."""
-        return (round(self.score, 4), self.log_loss)
-
-
-class _HalfThreshold(Head):
-    """Decisions at 0.5 on already threshold-shifted probabilities (used for CV scoring)."""
-
-    multiple = True
-
-    def __init__(self, n_classes: int):
-        self.n_classes = n_classes
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        return np.full(self.n_classes, 0.5)
-
-
-def _refit(head: Head, X, Y, start: Head | None = None, tol: float | None = None) -> Head:
-    """A clone of head fitted on X, Y; starting from ``start``'s weights where the family allows (warm start
-    along the C path). ``start`` must never have seen the items a fold holds out."""
-    part = clone(head)
-    if hasattr(part, "warm_start") and start is not None and hasattr(start, "W_"):
-        part.set_params(warm_start=True)
-        part.W_, part.b_ = start.W_, start.b_
-    if tol is not None and hasattr(part, "tol"):
-        part.set_params(tol=tol)
-    part.fit(X, Y)
-    if hasattr(part, "warm_start"):
-        part.set_params(warm_start=False)
-    return part
-
-
-def _out_of_fold(candidates: list[Head], data: _Data, plan: _Plan) -> list[list[np.ndarray] | None]:
-    """Per candidate, per repeat: (n_train, K) out-of-fold probabilities (decisions at 0.5 for multiple
-    choice). Within a fold the trained candidates are fitted along the C path, each from the previous one's
-    weights (never from a fit that saw the held-out items)."""
-    X, Y, idx = data.X, data.Y, plan.train_idx
-    runs: list[list] = [[] for _ in candidates]
-    for folds in plan.folds:
-        oofs = [np.zeros((len(idx), data.K)) for _ in candidates]
-        for f in np.unique(folds):
-            held = folds == f
-            previous = None
-            for c, head in enumerate(candidates):
-                if isinstance(head, ZeroShotHead):
-                    part = head
-                else:
-                    part = previous = _refit(head, X[idx[~held]], Y[idx[~held]], previous, FOLD_TOL)
-                oofs[c][held] = part.predict_proba(X[idx[held]])
-                if data.multiple:  # decisions need each fold's own thresholds
-                    oofs[c][held] = threshold_shift(oofs[c][held], part)
-        for c in range(len(candidates)):
-            runs[c].append(oofs[c])
-    return runs
-
-
-def _cv_scores(runs: list[np.ndarray], data: _Data, plan: _Plan) -> _Scores:
-    """Out-of-fold selection figures. Single choice: log loss after temperature calibration (a smooth
-    score: no two heads tie, and a noisy handful of items moves it little). Multiple: micro-F1 (higher
-    is better, so its negative is the key)."""
-    Y = data.Y[plan.train_idx]
-    s = plan.scored
-    if data.multiple:
-        f1 = float(np.mean([selection_score_from_proba(_HalfThreshold(data.K), oof[s], Y[s], True) for oof in runs]))
-        bce = float(np.mean([-np.mean(np.log(np.clip(np.where(Y[s] > 0, oof[s], 1 - oof[s]), 1e-12, 1)))
-                             for oof in runs]))
-        return _Scores(-f1, f1, bce, runs[0])
-    P = np.concatenate([oof[s] for oof in runs])
-    y = np.tile(Y[s], len(runs))
-    loss, _ = calibrated_log_loss(P, y)
-    accuracy = float((P.argmax(axis=1) == y).mean())
-    raw = float(-_log_probabilities(P)[np.arange(len(y)), y].mean())
-    return _Scores(loss, accuracy, raw, runs[0])
-
-
-def _candidate_results(candidates: list[Head], data: _Data, plan: _Plan, previous: Head | None = None,
+def _candidate_results(candidates: list[Head], data: LabeledData, plan: CVPlan, previous: Head | None = None,
                        cross_validate: bool = True) -> tuple[list[dict], list]:
     """Fit every trained candidate on all training items (along the C path, each starting from the
     previous one's weights, the first from ``previous``, the head serving so far) and cross-validate them.
@@ -245,7 +43,7 @@ def _candidate_results(candidates: list[Head], data: _Data, plan: _Plan, previou
         t0 = time.perf_counter()
         try:
             if not isinstance(head, ZeroShotHead) and len(tr):
-                candidates[i] = head = previous = _refit(head, X[tr], Y[tr], previous)
+                candidates[i] = head = previous = refit(head, X[tr], Y[tr], previous)
             fitted.append(True)
         except Exception as exc:  # a candidate that cannot be fitted is reported, not fatal
             entry["error"] = f"{type(exc).__name__}: {exc}"
@@ -256,10 +54,10 @@ def _candidate_results(candidates: list[Head], data: _Data, plan: _Plan, previou
     scores: list = [None] * len(candidates)
     if cross_validate and not plan.too_few_scored:
         usable = [h for h, ok in zip(candidates, fitted) if ok]
-        runs = iter(_out_of_fold(usable, data, plan))
+        runs = iter(out_of_fold(usable, data, plan))
         for i, ok in enumerate(fitted):
             if ok:
-                scores[i] = score = _cv_scores(next(runs), data, plan)
+                scores[i] = score = cv_scores(next(runs), data, plan)
                 results[i].update(val_score=finite(score.accuracy), cv_accuracy=finite(score.accuracy),
                                   cv_log_loss=finite(score.log_loss),
                                   cv_score=finite(score.score if not data.multiple else -score.score))
@@ -285,7 +83,7 @@ def _kept_choice(history, candidates: list[Head], n_train: int) -> tuple[int, di
     return None
 
 
-def _winner_index(candidates: list[Head], results: list[dict], scores: list, data: _Data, plan: _Plan) -> int:
+def _winner_index(candidates: list[Head], results: list[dict], scores: list, data: LabeledData, plan: CVPlan) -> int:
     """The best cross-validated candidate; zero-shot (index 0) whenever it scores at least as well (unless it
     has no prompts to go by: prototypes of zeros predict one class for everything). With too few labels to
     cross-validate: the default prompt-prior head (zero-shot without any label)."""
@@ -305,7 +103,7 @@ def _winner_index(candidates: list[Head], results: list[dict], scores: list, dat
     return best
 
 
-def _zero_shot_summary(zero_shot: Head, data: _Data) -> dict | None:
+def _zero_shot_summary(zero_shot: Head, data: LabeledData) -> dict | None:
     te = data.mask("test")
     if not te.any():
         return None
@@ -316,7 +114,7 @@ def _zero_shot_summary(zero_shot: Head, data: _Data) -> dict | None:
     return summary
 
 
-def _counts(data: _Data) -> tuple[dict, dict]:
+def _counts(data: LabeledData) -> tuple[dict, dict]:
     """(items per split and in total, items per class per split)."""
     counts = {s: int((data.splits == s).sum()) for s in SPLITS}
     counts["total"] = int(len(data.splits))
@@ -357,7 +155,7 @@ def _learning_curve(history, report: dict) -> list[dict]:
     return [p for p in (_curve_point(h) for h in history or ()) if p] + [point]
 
 
-def _audit_candidates(candidates: list[Head], results: list[dict], data: _Data) -> None:
+def _audit_candidates(candidates: list[Head], results: list[dict], data: LabeledData) -> None:
     """Each candidate's accuracy on the audit set (every candidate is fitted on the training items, as
     the winner): shown next to the selection score to check the choice, never used for it."""
     X, Y, te = data.X, data.Y, data.mask("test")
@@ -366,7 +164,7 @@ def _audit_candidates(candidates: list[Head], results: list[dict], data: _Data) 
             entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
 
 
-def _label_errors(winner: Head, winner_scores: _Scores | None, data: _Data, plan: _Plan, task_ids) -> dict:
+def _label_errors(winner: Head, winner_scores: CVScores | None, data: LabeledData, plan: CVPlan, task_ids) -> dict:
     """Suspected label errors among all labeled items (audit annotations can be wrong too), from
     probabilities that never saw the item's own label: the selection's out-of-fold ones for training
     items, the winner's for audit items (never trained on)."""
@@ -389,7 +187,7 @@ def _label_errors(winner: Head, winner_scores: _Scores | None, data: _Data, plan
             "label_errors_flagged": len(review.errors), "label_errors_note": None}
 
 
-def _report(winner: Head, zero_shot: Head, results: list[dict], data: _Data, plan: _Plan, version: str) -> dict:
+def _report(winner: Head, zero_shot: Head, results: list[dict], data: LabeledData, plan: CVPlan, version: str) -> dict:
     """Evaluate the winner (already fitted on every training item) on the test set; the report without
     its learning curve."""
     X, Y, names, multiple = data.X, data.Y, data.label_names, data.multiple
@@ -440,12 +238,12 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
     """
     with blas_limit():
         started = time.perf_counter()
-        data = _prepare(X, Y, task_ids, label_names, multiple, test, audit_ids)
+        data = prepare(X, Y, task_ids, label_names, multiple, test, audit_ids)
         if candidates is None:
             candidates = candidate_heads(prototypes, logit_scale, multiple)
         if not candidates or not isinstance(candidates[0], ZeroShotHead):
             raise ValueError("the first candidate must be the zero-shot head")
-        plan = _plan(data)
+        plan = plan_cv(data)
         kept = None if plan.too_few_scored else _kept_choice(history, candidates, len(plan.train_idx))
         if kept is not None:
             candidates = [candidates[0]] + ([candidates[kept[0]]] if kept[0] else [])
@@ -471,8 +269,8 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
         if label_review:
             winner_scores = scores[best_i]
             if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):
-                winner_scores = _Scores(float("nan"), float("nan"), float("nan"),
-                                        _out_of_fold([winner], data, replace(plan, folds=plan.folds[:1]))[0][0])
+                winner_scores = CVScores(float("nan"), float("nan"), float("nan"),
+                                        out_of_fold([winner], data, replace(plan, folds=plan.folds[:1]))[0][0])
             report.update(_label_errors(winner, winner_scores, data, plan, list(task_ids)))
         else:
             report.update(label_errors=None, label_errors_checked=0, label_errors_flagged=0,

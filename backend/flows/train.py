@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..learn.report import write_report
+from ..learn.result import TrainingResult
 from ..learn.selection import train_and_select
 from ..model import ChoicesControl, ClipClassifier
 from ..state.annotations import LabeledTask
@@ -62,15 +63,16 @@ def audit_tasks(state: ProjectState, rows: list[LabeledTask]) -> set[int]:
     return {row.task_id for row in rows if row.task_id in drawn or row.ground_truth}
 
 
-def select_heads(model: ClipClassifier, data: dict[str, LabeledData], audit: set[int]) -> tuple[dict, dict]:
-    """(heads, reports) per control with labeled data (from_name), for the next version."""
+def select_heads(model: ClipClassifier, data: dict[str, LabeledData],
+                 audit: set[int]) -> tuple[dict, dict[str, TrainingResult]]:
+    """(heads, results) per control with labeled data (from_name), for the next version."""
     version = model.version_name(model.versions.next_number(model.project_id))
-    heads, reports = {}, {}
+    heads, results = {}, {}
     for control in model.controls:
         if control.from_name in data:
-            heads[control.from_name], reports[control.from_name] = select_head(
-                model, control, data[control.from_name], version, audit)
-    return heads, reports
+            heads[control.from_name], report = select_head(model, control, data[control.from_name], version, audit)
+            results[control.from_name] = TrainingResult.from_report(report)
+    return heads, results
 
 
 def select_head(model: ClipClassifier, control: ChoicesControl, data: LabeledData, version: str, audit: set[int]):
@@ -81,17 +83,17 @@ def select_head(model: ClipClassifier, control: ChoicesControl, data: LabeledDat
                             version=version, audit_ids=audit)
 
 
-def save_version(model: ClipClassifier, heads: dict, reports: dict, generation: int, n_labels: int,
-                 started: float) -> ModelVersion:
-    """Save the heads as the project's next version, with their reports (the first report at the top of
-    the version directory, the others under <from_name>/)."""
-    project, primary = model.project_id, next(iter(reports))
+def save_version(model: ClipClassifier, heads: dict, results: dict[str, TrainingResult], generation: int,
+                 n_labels: int, started: float) -> ModelVersion:
+    """Save the heads as the project's next version, with their reports (the first one at the top of the
+    version directory, the others under <from_name>/)."""
+    project, primary = model.project_id, next(iter(results))
 
     def write_reports(directory, number):
-        for from_name, report in reports.items():
-            report.update(project=project, from_name=from_name,
-                          training_seconds=round(time.perf_counter() - started, 3))
-            write_report(report, directory if from_name == primary else directory / from_name)
+        for from_name, result in results.items():
+            result.report.update(project=project, from_name=from_name,
+                                 training_seconds=round(time.perf_counter() - started, 3))
+            write_report(result.report, directory if from_name == primary else directory / from_name)
 
     return model.versions.save(
         project, model.version_name, heads,

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ..labelstudio.client import LabelStudioAPI
 from ..learn.audit import audit_wanted
+from ..learn.result import TrainingResult
 from ..model import ClipClassifier
 from ..state.annotations import AnnotationLog
 from ..state.versions import ModelVersion
@@ -77,14 +78,14 @@ def run_training(run: TrainingRun, project: str, generation: int, label_config: 
                 result.ranking = publish_queue(run.api, model, labeled, anchors)
         return result
     with _phase(result, "select"):
-        heads, reports = select_heads(model, data, audit_tasks(model.state, rows))
+        heads, trained = select_heads(model, data, audit_tasks(model.state, rows))
     with _phase(result, "save"):
-        result.version = save_version(model, heads, reports, generation, len(rows), started)
+        result.version = save_version(model, heads, trained, generation, len(rows), started)
         model.refresh()
     logger.info("project %s: trained %s on %d labeled tasks in %.1fs", project, result.version.name, len(rows),
                 time.perf_counter() - started)
     if run.api is not None:
-        _publish_and_review(run, model, result, rows, anchors, reports, generation)
+        _publish_and_review(run, model, result, rows, anchors, trained, generation)
         if full_reconcile_due(run.log, run.api, project, every_s=model.queue.full_reconcile_s):
             with _phase(result, "full_reconcile"):  # after the batch is out: off the critical path
                 result.full_reconcile = reconcile(run.log, run.api, project, label_config, full=True,
@@ -93,17 +94,17 @@ def run_training(run: TrainingRun, project: str, generation: int, label_config: 
 
 
 def _publish_and_review(run: TrainingRun, model: ClipClassifier, result: RunResult, rows: list, anchors: dict,
-                        reports: dict, generation: int) -> None:
-    """Stages 3 and 4 after a new version: the next batch (drawing audit items until the first report's
-    accuracy is known to +/- AUDIT_HALF_WIDTH), then the review tab when it is due."""
-    first_report = next(iter(reports.values()), None) or {}
+                        trained: dict[str, TrainingResult], generation: int) -> None:
+    """Stages 3 and 4 after a new version: the next batch (drawing audit items until the first trained
+    tag's accuracy is known to +/- AUDIT_HALF_WIDTH), then the review tab when it is due."""
+    first = next(iter(trained.values()))
     with _phase(result, "publish"):
         result.ranking = publish_queue(run.api, model, {t.task_id for t in rows}, anchors,
-                                       audit_wanted(first_report.get("audit"), model.queue.audit_half_width))
+                                       audit_wanted(first.audit, model.queue.audit_half_width))
     if review_due(run.log, model.state, generation):
         with _phase(result, "review"):
-            report = reports.get(model.primary.from_name)
-            errors = None if report is None else report.get("label_errors") or []
+            primary = trained.get(model.primary.from_name)
+            errors = None if primary is None else primary.label_errors
             result.review = show_review(run.api, model, rows, errors, (result.ranking or {}).get("project_version"))
 
 

@@ -22,6 +22,7 @@ from ..flows.predict import predict_in_time
 from ..flows.record import record_event
 from ..flows.search import SearchError, search as search_tasks
 from ..labelstudio.protocol import TASKS_CREATED, IgnoredEvent, parse_webhook, project_id
+from ..learn.result import TrainingResult
 from ..model import ClipClassifier
 from ..runtime.process import Runtime
 
@@ -164,11 +165,11 @@ def reports_list():
     listing = []
     for project in projects:
         for version in versions.all(project_id(project)):
-            report = version.report() or {}
+            result = TrainingResult.from_report(version.report() or {})
             listing.append({
                 "project": project, "version": version.name, "number": version.number,
                 "created_at": version.meta.get("created_at"), "labels": version.meta.get("labels"),
-                "head": report.get("head"), "test_accuracy": (report.get("test") or {}).get("accuracy"),
+                "head": result.head, "test_accuracy": result.test_accuracy,
                 "url": f"/reports/{version.number}?project={project}",
             })
     return jsonify({"reports": listing})

@@ -205,7 +205,7 @@ def summarize(model: ClipClassifier, seen: int, elapsed: float, interrupted: boo
 
 def print_summary(result: dict, model: ClipClassifier, elapsed: float) -> None:
     interrupted = result["interrupted"]
-    unit = "images/s" if any(t.modality == "image" for t in model.config.targets) else "texts/s"
+    unit = "images/s" if any(c.target.modality == "image" for c in model.controls) else "texts/s"
     print(f"{'interrupted after' if interrupted else 'done:'} {result['tasks']} tasks in {elapsed:.1f}s: "
           f"embedded {result['embedded']}, skipped {result['skipped']} (already stored), "
           f"failed {result['failed']}, {result['items_per_s']:.2f} {unit}"
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     model.load()
     print(f"model loaded in {time.perf_counter() - t_load:.1f}s", file=sys.stderr, flush=True)
 
-    bar = _Bar(total * len(model.config.targets) if total is not None else None, "item", args.no_progress)
+    bar = _Bar(total * len(model.controls) if total is not None else None, "item", args.no_progress)
     started = time.perf_counter()
     seen, interrupted = embed_all(model, task_iter, args.chunk, bar)
     elapsed = time.perf_counter() - started

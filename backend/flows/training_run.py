@@ -56,6 +56,8 @@ class RunResult:
 
 
 def run_training(run: TrainingRun, project: str, generation: int, label_config: str | None) -> RunResult:
+    """One run on the log as it is now (``generation``); raises when a stage fails (the last good version
+    keeps serving). Publishing and the review tab need Label Studio (run.api)."""
     started = time.perf_counter()
     result = RunResult()
     with _phase(result, "reconcile"):

@@ -357,11 +357,11 @@ class Monitor:
         if last_run and last_run.get("generation") not in self.runs_seen:
             self.runs_seen[last_run["generation"]] = {"t": now, **last_run}
         self.last_ranking = (training.get("last_ranking") or {}).get(p) or {}
-        from backend.state.rankings import load_ranking
+        from backend.state.project_state import ProjectState
 
-        ranking = load_ranking(self.model_dir, p)
-        if ranking and ranking.get("model_version") not in self.rankings_seen:
-            self.rankings_seen[ranking["model_version"]] = {"t": now, "priorities": dict(ranking["priorities"])}
+        ranking = ProjectState(self.model_dir, p).ranking()
+        if ranking and ranking.model_version not in self.rankings_seen:
+            self.rankings_seen[ranking.model_version] = {"t": now, "priorities": dict(ranking.priorities)}
         asked = time.time()
         try:
             head = self.head()
@@ -396,7 +396,7 @@ class Annotator:
         self.thread.join(120)
 
     def _loop(self) -> None:
-        from backend.flows.project_model import BACKEND_VERSION
+        from backend.model import BACKEND_VERSION
 
         while not self.stop_event.is_set():
             try:
@@ -576,7 +576,7 @@ def wait(predicate, timeout: float, step: float = 0.25):
 
 def retrieve_check(ls, backend: str, project: int, ids: list[int], serving: str) -> dict:
     """Label Studio's "Retrieve predictions" on unlabeled tasks: which end up without a prediction of ours."""
-    from backend.flows.project_model import BACKEND_VERSION
+    from backend.model import BACKEND_VERSION
 
     started = time.perf_counter()
     answer = ls.retrieve_predictions(project, ids)
@@ -626,7 +626,7 @@ def pool_accuracy(backend: str, project: int, config: str, tasks: list[dict]) ->
 def run(args) -> dict:
     from backend.config import Settings
     from backend.embed.encoders import encoder_id
-    from backend.runtime.services import encoder_spec
+    from backend.runtime.models import encoder_spec
     from tests.helpers import BackendProcess, backend_env
     from tests.ls_server import LabelStudioServer, ensure_label_studio_venv, free_port
 

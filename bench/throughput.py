@@ -7,7 +7,7 @@
 What is measured (every throughput on the same images, same model, batch size and precision):
 
 - model_only:     encode_image on ready-made (B, 3, 224, 224) tensors of BATCH_SIZE; no I/O at all.
-- end_to_end:     backend.flows.predict.predict() on Label Studio tasks that point at JPEG files through
+- end_to_end:     ClipClassifier.predict() (backend.model) on Label Studio tasks that point at JPEG files through
                   /data/local-files/?d=... (read, decode, preprocess, encode, write to Chroma, head):
                   the code path of /predict, with a fresh project each pass so nothing is cached.
 - per_task_loop:  what most ML backend examples do: for each task fetch, decode, preprocess,
@@ -44,10 +44,8 @@ from backend.config import Settings
 from backend.embed.encoders import get_encoder
 from backend.embed.fetch import Fetcher, decode_image
 from backend.embed.store import open_store
-from backend.flows.predict import predict
-from backend.flows.project_model import ProjectModel
-from backend.runtime.services import encoder_spec, fetcher_kwargs, queue_options, store_kwargs
-from backend.state.versions import VersionStore
+from backend.runtime.build import build_model
+from backend.runtime.models import encoder_spec, fetcher_kwargs, store_kwargs
 from backend.web import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,13 +198,11 @@ class Throughput:
     def end_to_end(self, paths: list[Path]) -> float:
         self.project_counter += 1
         settings = self.settings
-        model = ProjectModel(str(self.project_counter), IMAGE_CONFIG, encoders=encoder_spec(settings),
-                             store=self.store, fetcher=self.fetcher, versions=VersionStore(settings.model_dir),
-                             fetch_workers=settings.fetch_workers)
+        model = build_model(settings, str(self.project_counter), IMAGE_CONFIG, store=self.store)
         model.load()
         tasks = tasks_for(paths, self.root, 1)
         t0 = time.perf_counter()
-        out = predict(model, tasks, queue_options(settings))
+        out = model.predict(tasks)
         elapsed = time.perf_counter() - t0
         failed = sum(1 for r in out if not r)
         if failed:

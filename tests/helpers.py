@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-from backend.runtime.services import encoder_spec, fetcher_kwargs, store_kwargs  # noqa: F401 (tests import them from here)
+from backend.runtime.models import encoder_spec, fetcher_kwargs, store_kwargs  # noqa: F401 (tests import them from here)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
@@ -98,7 +98,7 @@ def wait_for_training(app, project: str, timeout: float = 300) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if not runtime.scheduler.busy(project):  # idle: either all trained, or the last run failed
-            generation, trained, _ = runtime.services.log.generations(project)
+            generation, trained, _ = runtime.log.generations(project)
             return trained >= generation
         time.sleep(0.1)
     return False

@@ -12,8 +12,7 @@ import requests
 
 from backend.runtime.redis_jobs import TrainingFailed
 from backend.state.annotations import AnnotationLog
-from backend.runtime.services import Services
-from backend.runtime.process import make_scheduler
+from backend.runtime.build import build_runtime
 from backend.embed.encoders import encoder_id
 from backend.embed.store import collection_name, open_store
 from backend.config import Settings, SettingsError
@@ -219,9 +218,9 @@ def test_worker_without_redis_url_explains_what_to_set():
 def test_watchdog_requeues_only_projects_that_nobody_trains(cluster, tmp_path):
 
     # its own queue on the cluster's Redis, so the running workers leave these jobs alone
-    jobs = make_scheduler(Services(Settings.from_env({**cluster.env, "RQ_QUEUE": "watchdog-test",
-                                                     "MODEL_DIR": str(tmp_path)})))
-    log = jobs.loop.services.log
+    jobs = build_runtime(Settings.from_env({**cluster.env, "RQ_QUEUE": "watchdog-test",
+                                            "MODEL_DIR": str(tmp_path)})).scheduler
+    log = jobs.loop.log
     for project in ("1", "2", "3", "4"):
         log.request_training(project, SMS_CONFIG)
     log.mark_trained("4", 1)  # nothing to do
@@ -239,8 +238,8 @@ def test_watchdog_requeues_only_projects_that_nobody_trains(cluster, tmp_path):
 def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_retry(cluster, tmp_path):
 
     settings = Settings.from_env({**cluster.env, "RQ_QUEUE": "failure-test", "MODEL_DIR": str(tmp_path)})
-    jobs = make_scheduler(Services(settings))
-    jobs.loop.services.log.request_training("7")  # no labeling config known: the run cannot train
+    jobs = build_runtime(settings).scheduler
+    jobs.loop.log.request_training("7")  # no labeling config known: the run cannot train
 
     jobs.redis.set(jobs.key("pending", "7"), 1, ex=600)
     jobs.redis.set(jobs.key("lock", "7"), "other-host:1:x", ex=30)

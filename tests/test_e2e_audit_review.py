@@ -37,7 +37,9 @@ def test_audit_items_become_the_test_set_and_a_wrong_label_is_flagged_for_review
     ls.connect_ml_backend(project_id, backend, title=TITLE)
     wait_until(lambda: ls.get(f"/api/projects/{project_id}/model-versions/").get(TITLE), timeout=180, step=0.5,
                what="the cold-start batch")
-    ranking = requests.get(backend + "/status", timeout=5).json()["training"]["last_ranking"][str(project_id)]
+    # /status has the run's summary once the run ends, a moment after Label Studio shows the batch
+    ranking = wait_until(lambda: requests.get(backend + "/status", timeout=5).json()["training"]["last_ranking"]
+                         .get(str(project_id)), timeout=60, step=0.5, what="the cold-start run's summary")
     assert ranking["audit"] >= 1  # AUDIT_SHARE (0.1) of the batch of 12
 
     # the annotators label what the queue serves; audit items among them are not trained on

@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from backend.flows.project_model import BACKEND_VERSION
+from backend.model import BACKEND_VERSION
 from tests.helpers import BackendProcess, backend_env, label_config, wait_until
 from tests.ls_server import free_port
 

@@ -5,7 +5,7 @@ stream serves it lowest score first; any task an annotator opens shows the curre
 import pytest
 import requests
 
-from backend.flows.project_model import BACKEND_VERSION
+from backend.model import BACKEND_VERSION
 from tests.helpers import label_config, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -41,7 +41,7 @@ def bank():
     from backend.embed.encoders import get_encoder
     from backend.embed.prompts import label_prototypes
     from backend.labelstudio.labelconfig import ChoiceLabel
-    from backend.runtime.services import encoder_spec
+    from backend.runtime.models import encoder_spec
 
     root = DATA_DIR / "banking77"
     train, test = _read(root / "train.csv"), _read(root / "test.csv")

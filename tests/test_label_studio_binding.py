@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from backend.config import Settings, SettingsError
-from backend.runtime.services import Services, fetcher_kwargs
+from backend.runtime.build import build_runtime
+from backend.runtime.models import fetcher_kwargs
 from backend.web import create_app
 from tests.fake_label_studio import FakeLabelStudio, ls_task
 from tests.helpers import backend_env, label_config, wait_for_training
@@ -74,17 +75,17 @@ def test_setup_url_goes_only_with_setups_own_token(tmp_path, fake):
 
 
 def test_connection_rule_pairs_keys_with_their_own_urls(tmp_path):
-    key_only = Services(Settings.from_env(backend_env(tmp_path / "a", LABEL_STUDIO_API_KEY=ENV_LEGACY_KEY)))
+    key_only = build_runtime(Settings.from_env(backend_env(tmp_path / "a", LABEL_STUDIO_API_KEY=ENV_LEGACY_KEY)))
     key_only.remember("1", None, "http://127.0.0.1:9", None)
     connection = key_only.connection("1")
     assert (connection.url, connection.token, connection.source) == ("http://127.0.0.1:9", None, "setup")
     assert key_only.api("1") is None and fetcher_kwargs(key_only.settings, connection)["auth"] is None
     assert key_only.connections.taught("1") == ("http://127.0.0.1:9", None)  # what an RQ job would carry
-    both = Services(Settings.from_env(backend_env(tmp_path / "b", LABEL_STUDIO_URL="http://ls.internal:8080",
+    both = build_runtime(Settings.from_env(backend_env(tmp_path / "b", LABEL_STUDIO_URL="http://ls.internal:8080",
                                                   LABEL_STUDIO_API_KEY=ENV_LEGACY_KEY)))
     both.remember("1", None, "http://127.0.0.1:9", SETUP_TOKEN)  # the environment's pair wins, whole
     assert (both.connection("1").url, both.connection("1").token) == ("http://ls.internal:8080", ENV_LEGACY_KEY)
-    url_only = Services(Settings.from_env(backend_env(tmp_path / "c", LABEL_STUDIO_URL="http://ls.internal:8080")))
+    url_only = build_runtime(Settings.from_env(backend_env(tmp_path / "c", LABEL_STUDIO_URL="http://ls.internal:8080")))
     url_only.remember("1", None, "http://127.0.0.1:9", SETUP_TOKEN)
     assert (url_only.connection("1").url, url_only.connection("1").token) == ("http://ls.internal:8080", SETUP_TOKEN)
 
@@ -98,7 +99,7 @@ def test_reconcile_that_would_delete_every_recorded_annotation_is_refused(tmp_pa
     client = app.test_client()
     for i, (label, text) in enumerate(MESSAGES[:3]):
         assert client.post("/webhook", json=_event(32, i, label, text)).status_code == 201
-    log = app.extensions["runtime"].services.log
+    log = app.extensions["runtime"].log
     wait_for_training(app, "32", timeout=180)
     assert log.count("32") == 3
     assert client.post("/setup", json={"project": "32.1", "hostname": fake.url, "access_token": "x",
@@ -118,13 +119,13 @@ def test_setup_cannot_rebind_a_project_that_reached_label_studio(tmp_path, fake)
         setup = {"project": "32.1700000000", "hostname": fake.url, "access_token": SETUP_TOKEN, "schema": SMS_CONFIG}
         assert client.post("/setup", json=setup).status_code == 200
         _train(app, client, 32)
-        log = app.extensions["runtime"].services.log
+        log = app.extensions["runtime"].log
         assert log.count("32") == len(MESSAGES) and log.binding("32").url == fake.url
         assert log.binding("32").reached_at is not None
         resp = client.post("/setup", json={**setup, "hostname": attacker.url, "access_token": "x"})
         assert resp.status_code == 409 and "Not rebinding" in resp.json["error"] and fake.url not in resp.text
         assert client.post("/setup", json=setup).status_code == 200  # Label Studio's own /setup still works
-        assert app.extensions["runtime"].services.connection("32").url == fake.url
+        assert app.extensions["runtime"].connection("32").url == fake.url
         restarted = create_app(Settings.from_env(backend_env(tmp_path))).test_client()  # the binding is durable
         assert restarted.post("/setup", json={**setup, "hostname": attacker.url}).status_code == 409
         _train(app, client, 32)
@@ -166,7 +167,7 @@ def test_setup_config_and_url_survive_a_restart_but_never_the_token(tmp_path, fa
     resp = restarted.post("/predict", json={"tasks": [{"id": 1, "data": {"text": "WINNER! claim now"}}],
                                             "project": "8"})
     assert resp.status_code == 200 and resp.json["results"][0]["result"]
-    connection = app.extensions["runtime"].services.connection("8")
+    connection = app.extensions["runtime"].connection("8")
     assert (connection.url, connection.token) == (fake.url, None)  # the URL, without a token until /setup
     db = tmp_path / "models" / "annotations.sqlite3"
     stored = b"".join(p.read_bytes() for p in db.parent.glob("annotations.sqlite3*"))

@@ -106,7 +106,7 @@ def test_too_many_choices_is_a_clear_400(client):
 
 # -- ids --------------------------------------------------------------------------------------------
 def test_one_odd_id_does_not_fail_its_batch(client, app):
-    log = app.extensions["runtime"].services.log
+    log = app.extensions["runtime"].log
     for i in (1, 2, 3):
         event = {"action": "ANNOTATION_CREATED", "project": {"id": 3, "label_config": SMS_CONFIG},
                  "annotation": {"id": i, "task": 10 + i, "result": []}, "task": {"id": 10 + i, "data": {"text": "x"}}}
@@ -187,9 +187,9 @@ def test_setup_flood_keeps_threads_and_models_bounded(client, app):
         config = SMS_CONFIG.replace('value="spam"', f'value="spam {i}"')
         assert client.post("/setup", json={"project": f"{100 + i}", "schema": config}).status_code == 200
         peak = max(peak, len([t for t in threading.enumerate() if t.ident not in before]))
-    services = app.extensions["runtime"].services
+    runtime = app.extensions["runtime"]
     assert peak <= 2, f"{peak} new threads"  # one warm-up worker (+ a training thread at most)
-    assert len(services.models()) <= 4  # MAX_PROJECT_MODELS
+    assert len(runtime.models.built()) <= 4  # MAX_PROJECT_MODELS
 
 
 def test_model_cache_drops_least_recently_used_and_idle_models_keeping_their_counters():

@@ -3,10 +3,8 @@ and after training, and the saved ranking of a published version. Real MiniLM, S
 import numpy as np
 import pytest
 
-from backend.flows.predict import priorities as queue_priorities
-from backend.flows.project_model import BACKEND_VERSION
 from backend.flows.rank import rank_batch, sync_labeled
-from backend.state.rankings import save_ranking
+from backend.model import BACKEND_VERSION
 from backend.web import create_app
 from backend.config import Settings, SettingsError
 from backend.queue.measures import top2_margin
@@ -43,7 +41,7 @@ def test_a_batch_is_ranked_cold_start_batch_first_and_diverse(app, sms_tasks):
     assert (scores < 0.5).sum() == BATCH  # the strategy's batch comes first, in query order
     assert all(0.5 <= r["result"][0]["score"] <= 1.0 for r in results)  # regions keep their confidence
 
-    model = app.extensions["runtime"].services.model("21", SMS_CONFIG)
+    model = app.extensions["runtime"].model("21", SMS_CONFIG)
     first = [t for t, s in zip(sms_tasks[:40] + sms_tasks[60:100], scores) if s < 0.5]
     (inference,) = model.infer(first).values()
     similarity = inference.embeddings @ inference.embeddings.T
@@ -56,7 +54,7 @@ def test_a_lone_task_gets_its_confidence(app, sms_tasks):
 
 
 def test_after_training_the_boundary_comes_first(app, sms_tasks):
-    services = app.extensions["runtime"].services
+    runtime = app.extensions["runtime"]
     client = app.test_client()
     labeled = sms_tasks[:15] + sms_tasks[60:75]
     for i, task in enumerate(labeled):
@@ -66,7 +64,7 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
             "annotation": {"id": 900 + i, "task": task["id"], "result": [
                 {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [task["truth"]]}}]}})
     assert wait_for_training(app, "23", timeout=300)
-    model = services.model("23", SMS_CONFIG)
+    model = runtime.model("23", SMS_CONFIG)
     model.refresh()
     assert model.trained
 
@@ -76,7 +74,7 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
     margins = top2_margin(inference.proba)
     (known,) = model.infer(labeled).values()  # what the training run embedded
     classes = [known.target.outputs.index(labeled[i]["truth"]) for i in known.indices]
-    priorities = queue_priorities(model, unlabeled, inferred, "boundary", BATCH,
+    priorities = model.priorities(unlabeled, inferred, "boundary", BATCH,
                                   labeled={"label": (known.embeddings, np.array(classes))})
     p = np.array([priorities[t["id"]] for t in unlabeled])
     batch = p < 0.5
@@ -90,14 +88,13 @@ def test_after_training_the_boundary_comes_first(app, sms_tasks):
 
 def test_the_next_batch_is_found_through_the_vector_store(app, sms_tasks):
     """Project 23 is trained (above): the batch comes from Chroma, labeled tasks are flagged there."""
-    services = app.extensions["runtime"].services
-    model = services.model("23", SMS_CONFIG)
+    model = app.extensions["runtime"].model("23", SMS_CONFIG)
     model.refresh()
     labeled, unlabeled = sms_tasks[:15] + sms_tasks[60:75], sms_tasks[15:60] + sms_tasks[75:120]
-    labeled_ids, model_dir = {t["id"] for t in labeled}, services.settings.model_dir
+    labeled_ids = {t["id"] for t in labeled}
     model.embed_tasks(unlabeled)
-    assert sync_labeled(model, model_dir, labeled_ids) in (0, 30)  # the training run may have flagged them
-    assert sync_labeled(model, model_dir, labeled_ids) == 0  # a run touches only what changed
+    assert sync_labeled(model, labeled_ids) in (0, 30)  # the training run may have flagged them
+    assert sync_labeled(model, labeled_ids) == 0  # a run touches only what changed
     (known,) = model.infer(labeled).values()
     classes = np.array([known.target.outputs.index(labeled[i]["truth"]) for i in known.indices])
     batch = rank_batch(model, BATCH, "boundary", {"label": (known.embeddings, classes)}, audit_pending=[],
@@ -112,16 +109,15 @@ def test_the_next_batch_is_found_through_the_vector_store(app, sms_tasks):
     assert np.mean([margin[t] for t in picked]) < np.mean(list(margin.values()))  # near the boundary
     assert {t: p["score"] for t, p in batch.predictions.items()} == batch.priorities
     # an annotation deleted: the task is back in the store's pool
-    assert sync_labeled(model, model_dir, labeled_ids - {labeled[0]["id"]}) == 1
+    assert sync_labeled(model, labeled_ids - {labeled[0]["id"]}) == 1
 
 
 def test_predict_serves_the_saved_ranking_of_its_version_only(app, sms_tasks, tmp_path):
     client = app.test_client()
-    services = app.extensions["runtime"].services
-    model = services.model("24", SMS_CONFIG)
-    save_ranking(services.settings.model_dir, "24", model.model_version, "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    model = app.extensions["runtime"].model("24", SMS_CONFIG)
+    model.state.save_ranking(model.model_version, "cold_start", {sms_tasks[0]["id"]: 0.0123})
     assert _predict(client, "24", sms_tasks[:1])[0]["score"] == pytest.approx(0.0123)
-    save_ranking(services.settings.model_dir, "24", "another-version", "cold_start", {sms_tasks[0]["id"]: 0.0123})
+    model.state.save_ranking("another-version", "cold_start", {sms_tasks[0]["id"]: 0.0123})
     (result,) = _predict(client, "24", sms_tasks[:1])
     assert result["score"] == result["result"][0]["score"]
 
@@ -146,7 +142,7 @@ def test_queue_settings_defaults_and_aliases():
 
 
 def test_every_version_name_of_the_backend_is_recognised_as_its_own(app):
-    model = app.extensions["runtime"].services.model("25", SMS_CONFIG)
+    model = app.extensions["runtime"].model("25", SMS_CONFIG)
     for name in (model.model_version, model.version_name(1), model.version_name(1234)):
         assert BACKEND_VERSION.match(name), name
     for other in ("search:horse", "other-model", "yolo-v8", model.model_version + "-copy"):

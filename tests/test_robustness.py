@@ -130,7 +130,7 @@ def test_secrets_never_logged_even_at_debug(tmp_path, caplog, capfd):
     wait_for_training(app, "9", timeout=30)
     server.shutdown()
     out, err = capfd.readouterr()
-    text = caplog.text + out + err + repr(app.extensions["runtime"].services.settings)
+    text = caplog.text + out + err + repr(app.extensions["runtime"].settings)
     assert "DEBUG" in caplog.text or caplog.records  # debug logging really was on
     for secret in SECRETS:  # ...but never written anywhere
         assert secret not in text

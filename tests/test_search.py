@@ -78,7 +78,7 @@ def test_text_query_finds_spam_and_leaves_out_labeled_tasks(client, sms_project)
     assert spam_at_20 >= MIN_SPAM_AT_20
 
     # the cosine similarity is the real one: MiniLM embeds the query like an item
-    model = client.application.extensions["runtime"].services.model("21", SMS_CONFIG)
+    model = client.application.extensions["runtime"].model("21", SMS_CONFIG)
     target = search_target(model)
     query = query_embedding(model, SPAM_QUERY, target)
     best = sms_project["tasks"][results[0]["task"]]
@@ -154,9 +154,8 @@ def test_image_search_uses_clip_text_tower_on_stored_image_embeddings(client, ci
 
     # random weights say nothing about quality, but the ranking must be exact cosine similarity
     # between the prompt-ensembled text query and the stored image embeddings
-    services = client.application.extensions["runtime"].services
-    model = services.model("23", IMAGE_CONFIG)
-    stored = services.store.collection("23", found["encoder"]).get(include=["embeddings", "metadatas"])
+    model = client.application.extensions["runtime"].model("23", IMAGE_CONFIG)
+    stored = model.store.collection("23", found["encoder"]).get(include=["embeddings", "metadatas"])
     ids = np.array([m["task_id"] for m in stored["metadatas"]])
     sims = np.asarray(stored["embeddings"], np.float32) @ query_embedding(model, "horse", search_target(model, "image"))
     best = np.argsort(-sims)[:5]

@@ -1,5 +1,5 @@
-"""backend.state beyond the annotation log: old pickles load after the package moved, rankings and
-the sampling marker are written atomically."""
+"""backend.state beyond the annotation log: old pickles load after the package moved, a project's
+rankings and sampling marker are written atomically."""
 import pickle
 import stat
 import sys
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from backend.state.atomic import atomic_write_text
-from backend.state.rankings import (load_ranking, ranked_version, sampling_marker_exists, save_ranking,
-                                    saved_priorities, write_sampling_marker)
+from backend.state.project_state import ProjectState
 from backend.state.versions import RENAMED_MODULES, VersionStore, VersionUnpickler, _renamed
 
 
@@ -85,25 +84,27 @@ def test_latest_is_replaced_atomically_and_readable_by_others(tmp_path):
 
 
 def test_ranking_round_trip_and_version_check(tmp_path):
-    assert load_ranking(tmp_path, "3") is None and ranked_version(tmp_path, "3") is None
-    path = save_ranking(tmp_path, "3", "enc/v2", "boundary", {10: 0.125, 11: 0.5})
+    state = ProjectState(tmp_path, "3")
+    assert state.ranking() is None and state.ranked_version() is None
+    path = state.save_ranking("enc/v2", "boundary", {10: 0.125, 11: 0.5})
     assert path == tmp_path / "rankings" / "3.json"
-    assert ranked_version(tmp_path, "3") == "enc/v2"
-    assert saved_priorities(tmp_path, "3", "enc/v2") == {10: 0.125, 11: 0.5}
-    assert saved_priorities(tmp_path, "3", "enc/v1") == {}
-    save_ranking(tmp_path, "3", "enc/v3", "boundary", {12: 0.0})  # a newer ranking replaces the cached one
-    assert saved_priorities(tmp_path, "3", "enc/v3") == {12: 0.0}
-    assert load_ranking(tmp_path, "3")["strategy"] == "boundary"
+    assert state.ranked_version() == "enc/v2"
+    assert state.saved_priorities("enc/v2") == {10: 0.125, 11: 0.5}
+    assert state.saved_priorities("enc/v1") == {}
+    state.save_ranking("enc/v3", "boundary", {12: 0.0})  # a newer ranking replaces the cached one
+    assert state.saved_priorities("enc/v3") == {12: 0.0}
+    assert state.ranking().strategy == "boundary"
     assert sorted(p.name for p in (tmp_path / "rankings").iterdir()) == ["3.json"]
 
 
 def test_unreadable_ranking_is_no_ranking(tmp_path):
     atomic_write_text(tmp_path / "rankings" / "4.json", "{half")
-    assert load_ranking(tmp_path, "4") is None and saved_priorities(tmp_path, "4", "v") == {}
+    state = ProjectState(tmp_path, "4")
+    assert state.ranking() is None and state.saved_priorities("v") == {}
 
 
 def test_sampling_marker(tmp_path):
-    assert not sampling_marker_exists(tmp_path, "9")
-    path = write_sampling_marker(tmp_path, "9", "Sequential sampling")
-    assert sampling_marker_exists(tmp_path, "9") and not sampling_marker_exists(tmp_path, "8")
+    assert not ProjectState(tmp_path, "9").sampling_switched()
+    path = ProjectState(tmp_path, "9").mark_sampling_switched("Sequential sampling")
+    assert ProjectState(tmp_path, "9").sampling_switched() and not ProjectState(tmp_path, "8").sampling_switched()
     assert path == tmp_path / "rankings" / "9.sampling" and '"previous": "Sequential sampling"' in path.read_text()

@@ -73,7 +73,7 @@ def test_burst_of_200_webhooks_is_acknowledged_and_trained_in_few_runs(live, sms
     assert codes == [201] * 200
 
     assert wait_for_training(live.app, "42", timeout=180)
-    versions = live.app.extensions["runtime"].services.versions
+    versions = live.app.extensions["runtime"].versions
     latest = versions.latest("42")
     assert latest.meta["labels"] == 200  # every annotation was trained on
     runs = live.trainer.runs["42"]
@@ -143,7 +143,7 @@ def test_annotations_arriving_during_training_are_trained_in_the_next_run(live, 
     for event in late:
         assert requests.post(live.url + "/webhook", json=event).status_code == 201
     assert wait_for_training(live.app, "42", timeout=120)
-    assert live.app.extensions["runtime"].services.versions.latest("42").meta["labels"] == 50
+    assert live.app.extensions["runtime"].versions.latest("42").meta["labels"] == 50
 
 
 def test_bad_webhooks_get_clear_answers_and_lose_nothing(live):

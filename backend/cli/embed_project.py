@@ -9,8 +9,8 @@ the server reads, so later /predict calls are served from the cache.
 
 (or `python -m backend.cli.embed_project ...`). Same model and store as the server: settings come from
 the environment (CLIP_MODEL, CLIP_PRETRAINED, TEXT_MODEL, MODEL_DIR / CHROMA_PATH / CHROMA_HOST, DEVICE,
-BATCH_SIZE, FETCH_WORKERS), and embedding goes through the project model of /predict
-(backend.flows.project_model: concurrent fetch and decode, batched encoding, batched Chroma writes).
+BATCH_SIZE, FETCH_WORKERS), and embedding goes through the model /predict uses, built the same way
+(backend.runtime.build: concurrent fetch and decode, batched encoding, batched Chroma writes).
 
 Resumable: every batch is stored as soon as it is encoded, and items already stored (same task,
 field and content hash) are skipped. Interrupt at any time (Ctrl-C) and run the same command again.
@@ -32,13 +32,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import Settings, SettingsError
-from ..embed.fetch import Fetcher
-from ..embed.store import open_store
-from ..flows.project_model import ProjectModel
 from ..labelstudio.client import LabelStudioAPI
+from ..labelstudio.labelconfig import ConfigError
+from ..model import ClipClassifier
+from ..runtime.build import build_model
 from ..runtime.connections import Connection
-from ..runtime.services import encoder_spec, fetcher_kwargs, store_kwargs
-from ..state.versions import VersionStore
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout: label_config/ holds the default configs
 
@@ -159,13 +157,9 @@ def label_studio_source(args, settings: Settings, fail) -> Source:
         settings=settings, url=url, api_key=api_key)
 
 
-def project_model(source: Source) -> ProjectModel:
+def project_model(source: Source) -> ClipClassifier:
     """The model /predict would build for this project, on the same store, encoders and fetcher settings."""
-    settings = source.settings
-    return ProjectModel(source.store_project, source.label_config, encoders=encoder_spec(settings),
-                        store=open_store(**store_kwargs(settings)),
-                        fetcher=Fetcher(**fetcher_kwargs(settings, _connection(source))),
-                        versions=VersionStore(settings.model_dir), fetch_workers=settings.fetch_workers)
+    return build_model(source.settings, source.store_project, source.label_config, _connection(source))
 
 
 def _connection(source: Source) -> Connection | None:
@@ -173,9 +167,8 @@ def _connection(source: Source) -> Connection | None:
     return Connection(source.url, source.api_key, "cli") if source.url else None
 
 
-def embed_all(model: ProjectModel, task_iter: Iterator[dict], chunk_size: int, bar: _Bar) -> tuple[int, bool]:
+def embed_all(model: ClipClassifier, task_iter: Iterator[dict], chunk_size: int, bar: _Bar) -> tuple[int, bool]:
     """Embed every target of the tasks, chunk by chunk: (tasks seen, interrupted by Ctrl-C)."""
-    targets = model.config.targets
     seen = 0
     interrupted = False
     try:
@@ -184,9 +177,9 @@ def embed_all(model: ProjectModel, task_iter: Iterator[dict], chunk_size: int, b
             if not chunk:
                 break
             seen += len(chunk)
-            for target in targets:
+            for control in model.controls:
                 before = bar.count
-                model.embed(target, chunk, progress=bar)
+                model.embed(control, chunk, progress=bar)
                 bar.update(len(chunk) - (bar.count - before))  # tasks without data never reach the pipeline
     except KeyboardInterrupt:
         interrupted = True  # every encoded batch is already stored: a re-run continues from here
@@ -195,7 +188,7 @@ def embed_all(model: ProjectModel, task_iter: Iterator[dict], chunk_size: int, b
     return seen, interrupted
 
 
-def summarize(model: ProjectModel, seen: int, elapsed: float, interrupted: bool) -> dict:
+def summarize(model: ClipClassifier, seen: int, elapsed: float, interrupted: bool) -> dict:
     stats = model.stats
     summary = {
         "tasks": seen,
@@ -210,9 +203,9 @@ def summarize(model: ProjectModel, seen: int, elapsed: float, interrupted: bool)
     return summary
 
 
-def print_summary(result: dict, model: ProjectModel, elapsed: float) -> None:
+def print_summary(result: dict, model: ClipClassifier, elapsed: float) -> None:
     interrupted = result["interrupted"]
-    unit = "images/s" if any(t.modality == "image" for t in model.config.targets) else "texts/s"
+    unit = "images/s" if any(c.target.modality == "image" for c in model.controls) else "texts/s"
     print(f"{'interrupted after' if interrupted else 'done:'} {result['tasks']} tasks in {elapsed:.1f}s: "
           f"embedded {result['embedded']}, skipped {result['skipped']} (already stored), "
           f"failed {result['failed']}, {result['items_per_s']:.2f} {unit}"
@@ -236,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         task_iter = islice(task_iter, args.limit)
         total = min(total, args.limit) if total is not None else args.limit
 
-    model = project_model(source)
+    try:
+        model = project_model(source)
+    except ConfigError as exc:
+        parser.error(f"unsupported labeling config: {exc}")
     store = source.settings.chroma_host or source.settings.resolved_chroma_path
     print(f"embedding {source.description} into {store} "
           f"(store project {source.store_project!r}, encoders {', '.join(sorted(set(model.encoder_ids.values())))})",
@@ -245,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     model.load()
     print(f"model loaded in {time.perf_counter() - t_load:.1f}s", file=sys.stderr, flush=True)
 
-    bar = _Bar(total * len(model.config.targets) if total is not None else None, "item", args.no_progress)
+    bar = _Bar(total * len(model.controls) if total is not None else None, "item", args.no_progress)
     started = time.perf_counter()
     seen, interrupted = embed_all(model, task_iter, args.chunk, bar)
     elapsed = time.perf_counter() - started

@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,7 +27,7 @@ from .download import WATCHDOG, DeadlineAdapter, Origin, UnsafeURL, origin, orig
 from .errors import FetchError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PIXELS_IN_FLIGHT, PixelBudget, decode_image
 
-__all__ = ["Auth", "Fetcher", "FetchError", "decode_image"]
+__all__ = ["Auth", "Fetcher", "FetchError", "ItemLoader", "decode_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,23 @@ class Fetcher:
         if not value:
             raise FetchError("empty text")
         return value[: self.max_text_chars]
+
+
+@dataclass(frozen=True)
+class ItemLoader:
+    """Loads one item of an object tag for the embedding pipeline (embed_items' ``load``): an image, decoded
+    for the encoder's input size, or a text."""
+    fetcher: Fetcher
+    modality: str  # "image" or "text"
+    is_url: bool = False  # a text given as a URL (valueType="url")
+    image_size: int = 224  # JPEG draft decoding targets the encoder's input size (more for larger models)
+
+    def __call__(self, item) -> Image.Image | str:
+        if self.modality == "image":
+            if not isinstance(item.source, str):
+                raise FetchError(f"image reference is a {type(item.source).__name__}, not a URL")
+            return self.fetcher.load_image(item.source, task_id=item.task_id, target_size=self.image_size)
+        return self.fetcher.load_text(item.source, is_url=self.is_url, task_id=item.task_id)
 
 
 def _join(url: str, location: str) -> str:

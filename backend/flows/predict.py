@@ -1,81 +1,64 @@
-"""Task -> prediction: embed (through the store), apply the serving head, and give every task the
-score Label Studio sorts its queue by.
+"""/predict within PREDICT_TIMEOUT: Label Studio waits ML_TIMEOUT_PREDICT (100 s) and then gives up while
+still reporting success, so /predict answers within a deadline with the tasks embedded by then, predicted
+and ranked together (ClipClassifier.predict), and leaves the rest to background pre-annotation
+(preannotate.py).
 
-The prediction's score is the task's queue priority (lower = label first): from the last saved
-ranking of this version if the task was in it, else from ranking this batch ("Retrieve predictions"
-sends all selected tasks at once); a lone unranked task gets its lowest region confidence. Each
-region's own score is the head's confidence in its choice.
+Embedding is the slow part (fetch, decode, encode), so "what is ready" is the leading tasks embedded
+before the deadline (in growing chunks); their embeddings are kept, so nothing is fetched twice.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from typing import Callable
 
-from ..labelstudio.protocol import choice_region, prediction, task_id
-from ..queue.priorities import TargetScores, queue_priorities
-from ..state.rankings import saved_priorities
-from .project_model import Inference, ProjectModel
+from ..model import ClipClassifier
 
-
-@dataclass(frozen=True)
-class QueueOptions:
-    """How the labeling queue is ranked and shown (QUEUE_* settings)."""
-    model_dir: Path
-    strategy: str = "boundary"
-    batch: int = 50
-    view: str = "Boundary first"  # Data Manager tab ordered by our scores ("" = none)
-    uncertainty_sampling: bool = False
-    sample: int = 4000  # unlabeled records a run reads for its statistics (flows/rank.py)
-    audit_share: float = 0.1  # share of each batch drawn uniformly from the unlabeled pool (the audit sample)
-    audit_half_width: float = 0.03  # stop drawing audit items once accuracy is known to +/- this (95%)
-    cold_start_sample: int = 2000  # tasks embedded before the first batch; the rest in the background
-    full_reconcile_s: float = 86400.0  # a run lists every task at most this often (else only changes)
+FIRST_CHUNK = 16  # tasks; chunks double while there is time, so a slow start cannot overrun the deadline
+MAX_CHUNK = 128  # one chunk cannot be interrupted: keep it short
 
 
-def predict(model: ProjectModel, tasks: list, queue: QueueOptions, progress=None,
-            inferred: dict[str, Inference] | None = None) -> list:
-    """One entry per task, in order: a prediction dict, or [] when no prediction could be made.
-    ``inferred``: the tasks' inferences when the caller has them already (model.infer(tasks))."""
-    if inferred is None:
-        inferred = model.infer(tasks, progress=progress)
-    saved = saved_priorities(queue.model_dir, model.project_id, model.model_version)
-    unranked = [t for t in tasks if task_id(t) not in saved]
-    batch = priorities(model, tasks, inferred, queue.strategy, queue.batch) if len(unranked) > 1 else {}
-    return to_predictions(tasks, inferred, {**batch, **saved}, model.model_version)
+def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tuple[list, list]:
+    """(one entry per task, the tasks left for the background). Everything ready within ``timeout_s``
+    is predicted and ranked together, exactly as model.predict() would; the rest gets [] here."""
+    if not tasks:
+        return [], []
+    started = time.monotonic()
+    model.load()  # loading weights (first request only) must not be mistaken for the pace of embedding
+    margin = max(1.0, 0.2 * timeout_s)  # predicting the ready part (ranking) comes after
+    done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin)
+    ready = model.predict(tasks[:done], inferred=model.infer_embedded(embedded))
+    return ready + [[] for _ in tasks[done:]], tasks[done:]
 
 
-def priorities(model: ProjectModel, tasks: list, inferred: dict[str, Inference], strategy: str, batch: int,
-               labeled: dict | None = None, seed: int = 0) -> dict[int, float]:
-    """{task id: queue priority in [0, 1]} of the tasks; ``labeled`` maps from_name -> (embeddings,
-    class index) of the annotated items (class anchors for the strategies, near-duplicates to avoid)."""
-    scores = [target_scores(model, inference) for inference in inferred.values()]
-    return queue_priorities([task_id(t) for t in tasks], scores, strategy, batch, labeled=labeled, seed=seed)
+def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = None,
+                progress: Callable[[int], None] | None = None,
+                stop: Callable[[], bool] | None = None) -> tuple[int, dict]:
+    """Embed the tasks in growing chunks until all are done or the next chunk would end after
+    ``deadline`` (time.monotonic()). Returns (how many leading tasks are done, their embeddings per
+    control as model.embed_tasks gives them), so nothing is fetched or read from the store twice."""
+    done, size, per_task = 0, FIRST_CHUNK, 0.0
+    embedded: dict[str, tuple[list[int], list]] = {c.from_name: ([], []) for c in model.controls}
+    while done < len(tasks):
+        chunk = tasks[done:done + size]
+        if deadline is not None and time.monotonic() + per_task * len(chunk) * 1.5 > deadline:
+            break
+        if stop is not None and stop():
+            break
+        started, worked = time.monotonic(), _worked(model)
+        for name, (indices, vectors) in model.embed_tasks(chunk).items():
+            embedded[name][0].extend(done + i for i in indices)
+            embedded[name][1].extend(vectors)
+        # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next
+        # chunk had to fetch all of its items
+        fresh = _worked(model) - worked
+        per_task = max(per_task * 0.5, (time.monotonic() - started) / max(fresh, 1) if fresh else 0.0)
+        done += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+        size = min(MAX_CHUNK, size * 2)
+    return done, embedded
 
 
-def target_scores(model: ProjectModel, inference: Inference) -> TargetScores:
-    target, head = inference.target, inference.head
-    return TargetScores(
-        from_name=target.from_name, multiple=target.multiple, indices=inference.indices,
-        embeddings=inference.embeddings, proba=inference.proba, head=head,
-        trained=model.is_trained(target), prototypes=model.zero_shot_head(target).prototypes)
-
-
-def to_predictions(tasks: list, inferred: dict[str, Inference], queue_scores: dict, model_version: str) -> list:
-    """Label Studio prediction dicts, one per task ([] where no target had an item)."""
-    regions: list[list[dict]] = [[] for _ in tasks]
-    confidences: list[list[float]] = [[] for _ in tasks]
-    for inference in inferred.values():
-        target, head = inference.target, inference.head
-        for task_index, row in zip(inference.indices, inference.proba):
-            confidence = float(head.score(row))
-            choices = [target.labels[i].output for i in head.choose(row)]
-            regions[task_index].append(choice_region(target.from_name, target.to_name, choices, confidence))
-            confidences[task_index].append(confidence)
-    out = []
-    for task, results, scores in zip(tasks, regions, confidences):
-        if not results:
-            out.append([])
-            continue
-        score = queue_scores.get(task_id(task))
-        out.append(prediction(results, float(min(scores) if score is None else score), model_version))
-    return out
+def _worked(model: ClipClassifier) -> int:
+    """Items fetched so far: embedded or failed (not read from the store)."""
+    return model.stats["embeddings_computed"] + model.stats["items_failed"]

@@ -1,9 +1,10 @@
-"""Push: after a training run (and at cold start) the ranked batch (flows/rank.py) replaces the previous
-one in Label Studio, whose queue serves it first; the serving version's superseded predictions go.
+"""Training run, stage 3b: publish. After a training run (and at cold start) the ranked batch (rank.py)
+replaces the previous one in Label Studio, whose queue serves it first; the serving version's superseded
+predictions go.
 
 Label Studio holds at most about one prediction of ours per task (live or imported, current version)
-plus the batch. The last batch is saved (backend.state.rankings), so the next run replaces exactly it
-and /predict of a batch task returns the score Label Studio sorts by.
+plus the batch. The last batch is saved (the project's state: backend.state.project_state), so the next
+run replaces exactly it and /predict of a batch task returns the score Label Studio sorts by.
 """
 from __future__ import annotations
 
@@ -16,16 +17,34 @@ import requests
 
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.protocol import UNCERTAINTY_SAMPLING, UNLABELED_FILTER
-from ..state.rankings import load_ranking, sampling_marker_exists, save_ranking, write_sampling_marker
-from .predict import QueueOptions
-from .project_model import BACKEND_VERSION, ProjectModel
-from .rank import RankedBatch
+from ..model import BACKEND_VERSION, ClipClassifier
+from ..state.project_state import ProjectState
+from .rank import RankedBatch, next_batch
 
 logger = logging.getLogger(__name__)
 
 
-def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch: RankedBatch,
-                  queue: QueueOptions) -> dict:
+def publish_queue(api: LabelStudioAPI, model: ClipClassifier, labeled: set[int], anchors: dict,
+                  audit_wanted: bool = True) -> dict | None:
+    """Rank the next batch (rank.py) and publish it; the summary, or None when nothing was published (no
+    store, nothing embedded yet, or Label Studio failing: the version serves anyway, the next run ranks
+    again)."""
+    project = model.project_id
+    if model.primary.store is None:
+        logger.warning("project %s: no embedding store (Chroma unavailable): the queue is not ranked", project)
+        return None
+    try:
+        batch = next_batch(model, labeled, anchors, audit_wanted)
+        if batch is None:
+            logger.info("project %s: no unlabeled task embedded yet; nothing to rank", project)
+            return None
+        return publish_batch(api, model, batch)
+    except Exception as exc:
+        logger.warning("project %s: could not publish the queue batch to Label Studio: %s", project, exc)
+        return None
+
+
+def publish_batch(api: LabelStudioAPI, model: ClipClassifier, batch: RankedBatch) -> dict:
     """Write the batch to Label Studio in place of the previous one and make its queue serve it first.
 
     Versions (Label Studio 1.23.2): the project's model_version names our ML backend (its title, as
@@ -35,17 +54,18 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
     score = priority. Superseded predictions of our earlier versions are deleted; other models'
     predictions and bulk labels are never touched. Returns a summary."""
     started = time.perf_counter()
+    project, queue = model.project_id, model.queue
     shown = api.project_model_version(int(project))
     tag = queue_tag(api, project, model, shown)
     changes = {}  # the project is set up first, so a project showing our version is fully set up
     if queue.view:
         changes["view"] = api.ensure_view(int(project), queue.view, ["tasks:predictions_score"], UNLABELED_FILTER)
     if queue.uncertainty_sampling:
-        changes["sampling"] = switch_sampling_once(api, project, queue)
-    previous = load_ranking(queue.model_dir, project) or {}
+        changes["sampling"] = switch_sampling_once(api, model.state)
+    previous = model.state.ranking()
     stale, only_ours = {}, set()
-    if previous.get("pushed_as") == tag and previous.get("priorities"):
-        stale, only_ours = api.version_predictions(int(project), list(previous["priorities"]), tag)
+    if previous is not None and previous.pushed_as == tag and previous.priorities:
+        stale, only_ours = api.version_predictions(int(project), list(previous.priorities), tag)
     rows = [{"task": t, **p, "model_version": tag} for t, p in batch.predictions.items()]
     staying = {r["task"]: r for r in rows if stale.get(r["task"])}  # in both batches: updated in place
     fresh = [r for r in rows if r["task"] not in staying]
@@ -57,8 +77,7 @@ def publish_batch(api: LabelStudioAPI, project: str, model: ProjectModel, batch:
             first, *extra = stale[task]
             pushes.update(api, first, row)
             replaced += 1 + api.delete_predictions(extra)
-    save_ranking(queue.model_dir, project, batch.version, batch.strategy, batch.priorities, pushed_as=tag,
-                 audit=batch.audit)
+    model.state.save_ranking(batch.version, batch.strategy, batch.priorities, pushed_as=tag, audit=batch.audit)
     shows = tag if rows and (not shown or BACKEND_VERSION.match(shown)) else shown
     if shows != shown:
         api.set_model_version(int(project), shows)  # after the push: Label Studio refuses a version no prediction carries
@@ -129,7 +148,7 @@ def replace_previous(api: LabelStudioAPI, project: str, stale: dict[int, list[in
                                                             for i in ids])
 
 
-def queue_tag(api: LabelStudioAPI, project: str, model: ProjectModel, shown: str | None) -> str:
+def queue_tag(api: LabelStudioAPI, project: str, model: ClipClassifier, shown: str | None) -> str:
     """The model_version the batch goes under: the title of our ML backend (found by the version its
     /setup answered, or the project's only backend) when the project shows (``shown``) that title, no
     version, or one of our own version names (an earlier release set those); the project is then
@@ -179,15 +198,16 @@ def delete_superseded(api: LabelStudioAPI, project: str, current: str, keep: str
     return deleted
 
 
-def switch_sampling_once(api: LabelStudioAPI, project: str, queue: QueueOptions) -> str:
+def switch_sampling_once(api: LabelStudioAPI, state: ProjectState) -> str:
     """Opt-in (UNCERTAINTY_SAMPLING=true): switch the project to uncertainty sampling once. If a
     user later picks another sampling in Label Studio, that choice stands."""
+    project = state.project
     current = api.sampling(int(project))
-    if sampling_marker_exists(queue.model_dir, project):
+    if state.sampling_switched():
         return current or "unknown"
     if current != UNCERTAINTY_SAMPLING:
         api.set_sampling(int(project), UNCERTAINTY_SAMPLING)
         logger.info("project %s: sampling %r -> %r (UNCERTAINTY_SAMPLING=true)", project, current,
                     UNCERTAINTY_SAMPLING)
-    write_sampling_marker(queue.model_dir, project, current)
+    state.mark_sampling_switched(current)
     return UNCERTAINTY_SAMPLING

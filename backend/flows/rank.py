@@ -1,7 +1,7 @@
-"""Rank: the next batch of the labeling queue, found through the vector store, so that a run's cost
-does not grow with the project.
+"""Training run, stage 3a: rank the next batch of the labeling queue, found through the vector store, so
+that a run's cost does not grow with the project.
 
-For the primary target (the first Choices tag):
+For the primary <Choices> tag:
 1. tasks labeled (or unlabeled again) since the last run are flagged in the embedding store, so that
    the samples skip them (``sync_labeled``); the vector searches drop the labeled tasks from an
    over-fetched answer (an HNSW query with a metadata filter reads every record's metadata);
@@ -12,7 +12,7 @@ For the primary target (the first Choices tag):
 3. audit items (an unbiased test set, see flows/train.py) are drawn uniformly from the unlabeled
    records and spread through the batch, so annotators cannot tell them apart.
 
-Reads O(sample + batch) records, never the whole collection.
+Reads O(sample + batch) records, never the whole collection. Pushing the batch is publish.py.
 """
 from __future__ import annotations
 
@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..embed.store import record_id
+from ..model import ChoicesControl, ClipClassifier
 from ..queue.base import QueryContext
 from ..queue.boundary import BoundaryRetrieval
 from ..queue.measures import top2_margin
 from ..queue.priorities import TargetScores, queue_priorities
-from ..state.rankings import load_ids, save_ids
-from .predict import to_predictions
-from .project_model import Inference, ProjectModel
 
 
 @dataclass
@@ -40,23 +37,36 @@ class RankedBatch:
     sampled: int = 0  # unlabeled records read for the statistics
 
 
-def sync_labeled(model: ProjectModel, model_dir, labeled_ids: set[int]) -> int:
+def next_batch(model: ClipClassifier, labeled: set[int], anchors: dict, audit_wanted: bool = True) -> RankedBatch | None:
+    """The batch a training run publishes: labeled flags synced, the audit items still unlabeled plus
+    fresh draws (while the audit is wanted), the rest ranked by the strategy; the draws are remembered.
+    None when no unlabeled task is embedded yet."""
+    queue, state = model.queue, model.state
+    sync_labeled(model, labeled)
+    drawn = state.audit_draws()
+    pending = sorted(drawn - labeled)
+    new = max(0, round(queue.batch * queue.audit_share) - len(pending)) if audit_wanted else 0
+    batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample, labeled=labeled)
+    if batch is not None:
+        state.save_audit_draws(drawn | set(batch.audit))
+    return batch
+
+
+def sync_labeled(model: ClipClassifier, labeled_ids: set[int]) -> int:
     """Flag the store's records of labeled tasks (and unflag tasks whose annotations went); returns how
     many tasks changed. Remembers the flagged set, so a run touches only the change."""
-    project = model.project_id
-    flagged = load_ids(model_dir, project, "labeled")
+    flagged = model.state.labeled_flags()
     newly, gone = labeled_ids - flagged, flagged - labeled_ids
     if not newly and not gone:
         return 0
-    for target in model.config.targets:
-        encoder = model.encoder_ids[target.to_name]
-        model.store.mark_labeled(project, encoder, target.to_name, sorted(newly), True)
-        model.store.mark_labeled(project, encoder, target.to_name, sorted(gone), False)
-    save_ids(model_dir, project, "labeled", labeled_ids)
+    for control in model.controls:
+        control.store.mark_labeled(sorted(newly), True)
+        control.store.mark_labeled(sorted(gone), False)
+    model.state.save_labeled_flags(labeled_ids)
     return len(newly) + len(gone)
 
 
-def rank_batch(model: ProjectModel, k: int, strategy: str, anchors: dict, audit_pending: list[int],
+def rank_batch(model: ClipClassifier, k: int, strategy: str, anchors: dict, audit_pending: list[int],
                audit_new: int, sample_size: int = 4000, seed: int | None = None,
                labeled: set[int] | None = None) -> RankedBatch | None:
     """The next k tasks to label (including the still unlabeled ``audit_pending`` and ``audit_new``
@@ -64,25 +74,24 @@ def rank_batch(model: ProjectModel, k: int, strategy: str, anchors: dict, audit_
     ``anchors``: from_name -> (embeddings, class index) of the labeled items. ``labeled``: the labeled
     task ids, which the vector search then drops itself (faster than Chroma's metadata filter)."""
     rng = np.random.default_rng(seed)
-    target = model.config.targets[0]
-    project, encoder, field_name = model.project_id, model.encoder_ids[target.to_name], target.to_name
-    store = model.store
-    sample_ids, sample = store.sample_unlabeled(project, encoder, field_name, sample_size, rng, runs=8)
+    model.load()
+    control = model.primary
+    target, store = control.target, control.store
+    sample_ids, sample = store.sample_unlabeled(sample_size, rng, runs=8)
     if not sample_ids:
         return None
-    fresh_audit = store.sample_unlabeled(project, encoder, field_name, audit_new, rng,
-                                         exclude=set(audit_pending))[0] if audit_new > 0 else []
+    fresh_audit = store.sample_unlabeled(audit_new, rng, exclude=set(audit_pending))[0] if audit_new > 0 else []
     audit = list(audit_pending) + fresh_audit
-    head, trained = model.head(target), model.is_trained(target)
+    head, trained = control.head, control.trained_ is not None
     labeled_E, labeled_y = anchors.get(target.from_name, (None, None))
     k_queue = max(0, k - len(audit))
-    prototypes = model.zero_shot_head(target).prototypes
+    prototypes = control.zero_shot.prototypes
     if trained and strategy == "boundary" and not target.multiple and k_queue:
-        index = store.unlabeled_index(project, encoder, field_name, labeled)
+        index = store.unlabeled_index(labeled)
         context = QueryContext(head=head, labeled_embeddings=labeled_E, labeled_y=labeled_y, prototypes=prototypes,
-                               labeled_ids=[record_id(t, field_name) for t in audit])
+                               labeled_ids=[store.record_id(t) for t in audit])
         keys = BoundaryRetrieval().query(index, head, k_queue, sample, context)
-        picked = [int(str(key).split(":", 1)[0]) for key in keys]
+        picked = [store.task_of(key) for key in keys]
         if len(picked) < k_queue:  # the searches found too few distinct items: the sample's least certain
             taken = set(picked) | set(audit)
             margins = top2_margin(head.predict_proba(sample))
@@ -98,7 +107,7 @@ def rank_batch(model: ProjectModel, k: int, strategy: str, anchors: dict, audit_
     priorities = {t: round((i + 1) / (len(order) + 1), 6) for i, t in enumerate(order)}
     name = strategy if trained else "cold_start"
     batch = RankedBatch(model.model_version, name, priorities, audit=audit, sampled=len(sample_ids))
-    batch.predictions = _predictions(model, target, order, priorities)
+    batch.predictions = _predictions(model, control, order, priorities)
     return batch
 
 
@@ -109,15 +118,13 @@ def _spread(picked: list[int], audit: list[int]) -> list[int]:
     return [t for _, _, t in sorted(keyed)]
 
 
-def _predictions(model: ProjectModel, target, order: list[int], priorities: dict[int, float]) -> dict[int, dict]:
+def _predictions(model: ClipClassifier, control: ChoicesControl, order: list[int],
+                 priorities: dict[int, float]) -> dict[int, dict]:
     """The serving head's prediction for each task of the batch, from its stored embedding."""
-    found = model.store.embeddings(model.project_id, model.encoder_ids[target.to_name],
-                                   [record_id(t, target.to_name) for t in order])
-    tasks = [t for t in order if record_id(t, target.to_name) in found]
+    found = control.store.embeddings(order)
+    tasks = [t for t in order if t in found]
     if not tasks:
         return {}
-    E = np.stack([found[record_id(t, target.to_name)] for t in tasks])
-    head = model.head(target)
-    inferred = {target.from_name: Inference(target, list(range(len(tasks))), E, head, head.predict_proba(E))}
-    rows = to_predictions([{"id": t} for t in tasks], inferred, priorities, model.model_version)
+    inference = model.infer_stored(control, np.stack([found[t] for t in tasks]))
+    rows = model.predictions(tasks, {control.from_name: inference}, priorities)
     return {t: p for t, p in zip(tasks, rows) if p}

@@ -1,4 +1,4 @@
-"""Label-error review inside Label Studio: after a run, the annotations the chosen head most doubts
+"""Training run, stage 4: label-error review inside Label Studio. After a run, the annotations the chosen head most doubts
 (out-of-fold confident learning, backend.learn.label_errors) are shown in a Data Manager tab,
 "Possible label errors", most suspicious first, each with the model's suggested label and its
 confidence as a prediction under "<encoders>/label-review". Annotations are never touched.
@@ -15,13 +15,40 @@ import time
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.labelconfig import Target
 from ..labelstudio.protocol import choice_region, prediction
-from ..state.annotations import LabeledTask
-from ..state.rankings import load_state, save_state
+from ..model import ClipClassifier
+from ..state.annotations import AnnotationLog, LabeledTask
+from ..state.project_state import ProjectState, ReviewFlags
 
 logger = logging.getLogger(__name__)
 
 REVIEW_VIEW = "Possible label errors"
 REVIEW_MAX = 50  # flagged tasks shown per run (one request each: the order is made by creating them in turn)
+REVIEW_MAX_AGE_S = 60.0  # while annotations keep arriving, the review tab is refreshed at least this often
+
+
+def review_due(log: AnnotationLog, state: ProjectState, generation: int) -> bool:
+    """After every run when labeling pauses; while annotations are waiting for the next run (which comes
+    right away), only when the tab is older than REVIEW_MAX_AGE_S, so the queue's runs come faster."""
+    waiting = log.generations(state.project)[0] > generation
+    return not waiting or time.time() - state.review_shown_at() > REVIEW_MAX_AGE_S
+
+
+def show_review(api: LabelStudioAPI, model: ClipClassifier, rows: list[LabeledTask], label_errors: list[dict] | None,
+                shown: str | None) -> dict | None:
+    """Show the primary tag's suspected label errors (its report's; None: it was not trained this run) in
+    Label Studio's review tab. ``shown``: the project's model version, which the review's deletion must
+    not clear. Returns the summary, or None when nothing was shown."""
+    if label_errors is None:
+        return None
+    project = model.project_id
+    try:
+        flagged = to_review(model.state, rows, label_errors)
+        summary = publish_review(api, project, model.primary.target, model.model_version, flagged, shown)
+        model.state.mark_review_shown(time.time())
+        return summary
+    except Exception as exc:  # the version serves anyway; the next run shows the review again
+        logger.warning("project %s: could not update the label review in Label Studio: %s", project, exc)
+        return None
 
 
 def review_version(model_version: str) -> str:
@@ -33,21 +60,20 @@ def _labels(row: LabeledTask) -> str:
     return json.dumps(row.labels, sort_keys=True)
 
 
-def to_review(model_dir, project: str, rows: list[LabeledTask], errors: list[dict]) -> list[dict]:
+def to_review(state: ProjectState, rows: list[LabeledTask], errors: list[dict]) -> list[dict]:
     """The report's suspected errors minus the ones a person has reviewed since they were flagged;
     remembers what is flagged now."""
-    state = load_state(model_dir, project, "review")
-    flagged, reviewed = state.get("flagged", {}), state.get("reviewed", {})
-    by_task = {str(row.task_id): row for row in rows}
-    for task, flagged_at in flagged.items():
+    flags = state.review_flags()
+    by_task = {row.task_id: row for row in rows}
+    for task, flagged_at in flags.flagged.items():
         row = by_task.get(task)
-        if row is not None and row.event_at > float(flagged_at):
-            reviewed[task] = _labels(row)
-    keep = [e for e in errors if str(e["task_id"]) in by_task
-            and reviewed.get(str(e["task_id"])) != _labels(by_task[str(e["task_id"])])][:REVIEW_MAX]
+        if row is not None and row.event_at > flagged_at:
+            flags.reviewed[task] = _labels(row)
+    keep = [e for e in errors if int(e["task_id"]) in by_task
+            and flags.reviewed.get(int(e["task_id"])) != _labels(by_task[int(e["task_id"])])][:REVIEW_MAX]
     now = time.time()
-    save_state(model_dir, project, "review", {"flagged": {str(e["task_id"]): now for e in keep},
-                                              "reviewed": {t: v for t, v in reviewed.items() if t in by_task}})
+    state.save_review_flags(ReviewFlags(flagged={int(e["task_id"]): now for e in keep},
+                                        reviewed={t: v for t, v in flags.reviewed.items() if t in by_task}))
     return keep
 
 

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..labelstudio.client import LabelStudioAPI
 from ..state.annotations import AnnotationLog
 
 logger = logging.getLogger(__name__)
@@ -94,3 +95,8 @@ class Connections:
         if url is None:  # after a restart: the bound URL, without a token until the next /setup
             url, token = self.log.binding(project).url, None
         return Connection(url, token, "setup") if url else Connection(None, None, "none")
+
+    def api(self, project: str) -> LabelStudioAPI | None:
+        """The API client of the project's Label Studio; None without a URL and a token."""
+        connection = self.connection(str(project))
+        return LabelStudioAPI(connection.url, connection.token) if connection.complete else None

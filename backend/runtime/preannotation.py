@@ -1,5 +1,6 @@
-"""Background pre-annotation in this process: newly imported tasks (TASKS_CREATED) and the part of
-a "Retrieve predictions" batch that did not fit in Label Studio's ML timeout.
+"""Background pre-annotation in this process: newly imported tasks (TASKS_CREATED), the part of a
+"Retrieve predictions" batch that did not fit in Label Studio's ML timeout, and the sweep for tasks not
+embedded yet that a training run asks for after a full reconcile.
 
 One worker thread takes jobs in order, so background work never competes with itself for the
 encoder; tasks that already hold a prediction of the serving version when their chunk is imported
@@ -14,11 +15,11 @@ import queue
 import threading
 from collections import Counter, defaultdict
 
-from ..flows.preannotate import preannotate
+from ..flows.preannotate import preannotate, unembedded_tasks
 from ..flows.publish import push_new
-from ..flows.train import sweep_unembedded
 from ..labelstudio.protocol import task_id
-from .services import Services
+from .connections import Connections
+from .models import ProjectModels
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ class PreAnnotator:
     """The work lives in memory: tasks still pending at a restart are pre-annotated again the next
     time Label Studio asks (on open, "Retrieve predictions") or imports them."""
 
-    def __init__(self, services: Services, max_pending: int = MAX_PENDING):
-        self.services = services
+    def __init__(self, models: ProjectModels, connections: Connections, max_pending: int = MAX_PENDING):
+        self.models = models
+        self.connections = connections
         self.max_pending = max_pending
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: set[tuple[str, int]] = set()  # (project, task id) queued and not finished
@@ -112,10 +114,10 @@ class PreAnnotator:
     def _sweep(self, project: str, label_config: str | None) -> None:
         swept = 0
         try:
-            model, api = self.services.model(project, label_config), self.services.api(project)
+            model, api = self.models.get(project, label_config), self.connections.api(project)
             if api is None:
                 return
-            for missing in sweep_unembedded(api, model):
+            for missing in unembedded_tasks(api, model):
                 if self._stopping.is_set():
                     return
                 with self._lock:
@@ -133,8 +135,8 @@ class PreAnnotator:
 
     def _run(self, project: str, label_config: str | None, tasks: list) -> None:
         try:
-            model = self.services.model(project, label_config)
-            api = self.services.api(project)
+            model = self.models.get(project, label_config)
+            api = self.connections.api(project)
         except Exception:
             self._count(project, "failed", len(tasks))
             logger.exception("project %s: cannot pre-annotate %d tasks", project, len(tasks))
@@ -146,7 +148,7 @@ class PreAnnotator:
         def push(rows: list[dict]) -> int:  # rows carry the version they were predicted with
             return len(push_new(api, project, rows, rows[0]["model_version"])[0])
 
-        preannotate(model, tasks, self.services.queue, push if api is not None else None,
+        preannotate(model, tasks, push if api is not None else None,
                     lambda what, n: self._count(project, what, n), stop=self._stopping.is_set)
         logger.info("project %s: pre-annotated %d tasks in the background", project, len(tasks))
 

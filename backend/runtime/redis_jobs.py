@@ -29,7 +29,6 @@ from rq import Queue, Retry, Worker
 
 from ..config import Settings
 from .connections import BindingConflict
-from .services import Services
 from .training import ThreadScheduler, TrainingLoop
 
 logger = logging.getLogger(__name__)
@@ -44,9 +43,9 @@ class TrainingFailed(RuntimeError):
 
 
 class RedisScheduler:
-    def __init__(self, loop: TrainingLoop):
+    def __init__(self, loop: TrainingLoop, settings: Settings):
         self.loop = loop
-        self.settings: Settings = loop.services.settings
+        self.settings = settings
         self.redis = redis.Redis.from_url(self.settings.redis_url)
         self.queue = Queue(self.settings.rq_queue, connection=self.redis)
         self.ttl = self.settings.training_lock_ttl_s
@@ -80,11 +79,11 @@ class RedisScheduler:
     def _connection_args(self, project: str) -> tuple:
         # Only what /setup told this process (never the environment's key): a worker pairs it with its own
         # LABEL_STUDIO_URL/API_KEY by the same rule as here (connections.py).
-        return self.loop.services.connections.taught(project)
+        return self.loop.connections.taught(project)
 
     def requeue_stalled(self) -> list[str]:
         """Queue projects with untrained changes that nobody is training or about to train."""
-        log = self.loop.services.log
+        log = self.loop.log
         queued = []
         for project in log.projects_needing_training():
             if self.redis.exists(self.key("lock", project), self.key("pending", project)):
@@ -100,7 +99,7 @@ class RedisScheduler:
 
     def start(self) -> list[str]:
         """Queue what is untrained, then keep checking: workers elsewhere may die mid-run."""
-        pending = self.loop.services.log.projects_needing_training()
+        pending = self.loop.log.projects_needing_training()
         for project in pending:
             self.enqueue(project)
         if self._watchdog is None:
@@ -168,7 +167,7 @@ class RedisScheduler:
         ok = self._run_locked(project, lock)
         # Events recorded after the loop's last look found the lock held or the marker set: queue them now.
         self.redis.delete(pending)
-        log = self.loop.services.log
+        log = self.loop.log
         generation, trained, _ = log.generations(project)
         if ok and generation > trained:
             self.enqueue(project)
@@ -204,7 +203,7 @@ class RedisScheduler:
             else:
                 pipe.hincrby(self.key("failures"), project, loop.failures[project] - failures_before)
                 pipe.hset(self.key("last_error"), project, loop.last_error.get(project, "unknown"))
-                pipe.set(self.key("failed", project), loop.services.log.generations(project)[0])
+                pipe.set(self.key("failed", project), loop.log.generations(project)[0])
             pipe.execute()
 
     def _heartbeat(self, lock, stop: threading.Event) -> None:
@@ -215,23 +214,13 @@ class RedisScheduler:
                 logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
 
 
-_worker_scheduler: RedisScheduler | None = None  # one per worker process: encoder weights load once, not per job
-_worker_lock = threading.Lock()
-
-
-def worker_scheduler(settings: Settings | None = None) -> RedisScheduler:
-    global _worker_scheduler
-    with _worker_lock:
-        if _worker_scheduler is None:
-            _worker_scheduler = RedisScheduler(TrainingLoop(Services(settings or Settings.from_env())))
-        return _worker_scheduler
-
-
 def train_project(project: str, url: str | None = None, token: str | None = None) -> str:
     """The RQ job. url/token: what /setup told the web app, used when the worker's environment has none."""
-    scheduler = worker_scheduler()
+    from .build import worker_runtime  # the worker process's runtime, built once by the composition root
+
+    runtime = worker_runtime()
     try:
-        scheduler.loop.services.remember(project, None, url, token)
+        runtime.remember(project, None, url, token)
     except BindingConflict as exc:  # bound meanwhile to the Label Studio a run reached: keep that binding
         logger.warning("%s", exc)
-    return scheduler.run_job(project)
+    return runtime.scheduler.run_job(project)

@@ -15,35 +15,47 @@ import time
 from collections import Counter
 from typing import Protocol
 
-from ..flows.train import train_once
-from .services import Services
+from ..flows.training_run import TrainingRun, run_training
+from ..state.annotations import AnnotationLog
+from .connections import Connections
+from .models import ProjectModels
+from .preannotation import PreAnnotator
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingLoop:
-    """Trains a project until it is current, and keeps this process's counters for /status."""
+    """Trains a project until it is current, and keeps this process's counters for /status. ``sweeper``:
+    where the sweep for tasks not embedded yet goes after a full reconcile (None: no sweep here)."""
 
-    def __init__(self, services: Services):
-        self.services = services
+    def __init__(self, log: AnnotationLog, models: ProjectModels, connections: Connections,
+                 sweeper: PreAnnotator | None = None):
+        self.log = log
+        self.models = models
+        self.connections = connections
+        self.sweeper = sweeper
         self.runs: Counter = Counter()  # project -> finished training runs
         self.failures: Counter = Counter()
         self.last_error: dict[str, str] = {}
         self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
         self.last_run: dict[str, dict] = {}  # project -> version, generation, seconds per phase of the last run
-        self.sweep_later = None  # (project, label_config) -> queued: the background sweep, if any
+
+    def training_run(self, project: str) -> TrainingRun:
+        connection = self.connections.connection(project)
+        return TrainingRun(log=self.log, models=self.models, api=self.connections.api(project),
+                           bound_url=connection.url if connection.from_setup else None)
 
     def run(self, project: str) -> bool:
         """Train until every recorded generation is trained on; False if a run failed."""
-        log = self.services.log
+        log = self.log
         while True:
             generation, trained, label_config = log.generations(project)
             if generation <= trained:
                 return True
             try:
-                run = self.services.training_run(project)
-                run.sweep_later = self.sweep_later
-                result = train_once(run, project, generation, label_config)
+                result = run_training(self.training_run(project), project, generation, label_config)
+                if result.full_reconcile and self.sweeper is not None:
+                    self.sweeper.sweep(project, label_config)  # listed and embedded in the background
             except Exception as exc:
                 self.failures[project] += 1
                 self.last_error[project] = f"{type(exc).__name__}: {exc}"
@@ -106,7 +118,7 @@ class ThreadScheduler:
         return any(t is not None and t.is_alive() for t in threads)
 
     def start(self) -> list[str]:
-        pending = self.loop.services.log.projects_needing_training()
+        pending = self.loop.log.projects_needing_training()
         for project in pending:
             self.notify(project)
         return pending

@@ -13,7 +13,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from ..config import Settings, SettingsError
-from .redis_jobs import worker_scheduler
+from .build import worker_runtime
 
 
 def main() -> int:
@@ -27,7 +27,7 @@ def main() -> int:
               "(e.g. REDIS_URL=redis://localhost:6379/0, the same as the web app's)", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    connection = worker_scheduler(settings).redis
+    connection = worker_runtime(settings).scheduler.redis
     try:
         connection.ping()
     except redis.RedisError as exc:

@@ -11,12 +11,12 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..config import Settings, SettingsError
-from ..flows.project_model import ModelLoadError
 from ..labelstudio.labelconfig import ConfigError
 from ..labelstudio.protocol import ProtocolError
-from ..runtime.process import Runtime
+from ..model import ModelLoadError
+from ..runtime.build import build_runtime
 from ..runtime.connections import BindingConflict
-from ..runtime.services import UnknownConfig
+from ..runtime.models import UnknownConfig
 from .auth import authorized
 from .limits import install_request_slots
 from .metrics import Metrics
@@ -36,8 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024 * 1024
-    runtime = Runtime.build(settings)
-    metrics = Metrics(stats=runtime.services.stats, preannotation=runtime.preannotator.status,
+    runtime = build_runtime(settings)
+    metrics = Metrics(stats=runtime.stats, preannotation=runtime.preannotator.status,
                       training=runtime.scheduler.status)
     app.extensions["runtime"] = runtime
     app.extensions["metrics"] = metrics

@@ -18,8 +18,11 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..flows.search import SearchError
+from ..flows.predict import predict_in_time
+from ..flows.record import record_event
+from ..flows.search import SearchError, search as search_tasks
 from ..labelstudio.protocol import TASKS_CREATED, IgnoredEvent, parse_webhook, project_id
+from ..learn.result import TrainingResult
 from ..model import ClipClassifier
 from ..runtime.process import Runtime
 
@@ -88,8 +91,7 @@ def setup():
     hostname, token = body.get("hostname"), body.get("access_token")
     hostname = hostname if isinstance(hostname, str) and hostname.startswith(("http://", "https://")) else None
     token = token if isinstance(token, str) and token.strip() else None
-    model = ClipClassifier(project_id(body.get("project")), schema, _runtime())
-    return jsonify({"model_version": model.setup(hostname, token)})
+    return jsonify({"model_version": _runtime().setup(project_id(body.get("project")), schema, hostname, token)})
 
 
 @api.post("/predict")
@@ -99,9 +101,12 @@ def predict():
     if not isinstance(tasks, list):
         raise BadRequest("'tasks' must be a list of Label Studio tasks")
     label_config = _optional_str(body, "label_config", "'label_config' must be a string")
-    params = body.get("params") if isinstance(body.get("params"), dict) else {}
-    model = ClipClassifier(project_id(body.get("project")), label_config, _runtime())
-    results = model.predict(tasks, context=params.get("context"))
+    runtime, project = _runtime(), project_id(body.get("project"))
+    model = runtime.model(project, label_config)
+    # what is embedded within PREDICT_TIMEOUT is answered; the rest is predicted and imported in the background
+    results, late = predict_in_time(model, tasks, runtime.settings.predict_timeout_s)
+    if late:
+        runtime.preannotator.submit(project, label_config, late)
     served = sum(1 for r in results if r)
     _metrics().add(predict_requests=1, tasks=len(tasks), predictions=served, tasks_failed=len(tasks) - served)
     return jsonify({"results": results})
@@ -122,9 +127,11 @@ def search():
     label_config = _optional_str(body, "label_config", "'label_config' must be a string")
     if body.get("project") in (None, ""):
         raise BadRequest("'project' is required: the Label Studio project id whose tasks to search")
-    model = ClipClassifier(project_id(body.get("project")), label_config, _runtime())
+    runtime, project = _runtime(), project_id(body.get("project"))
+    labeled = {t.task_id for t in runtime.log.labeled_tasks(project)}
     try:
-        found = model.search(query.strip(), k, to_name=to_name)
+        found = search_tasks(runtime.model(project, label_config), query.strip(), k, exclude_task_ids=labeled,
+                             to_name=to_name)
     except SearchError as exc:
         raise BadRequest(str(exc)) from None
     _metrics().add(search_requests=1)
@@ -140,27 +147,29 @@ def webhook():
     except IgnoredEvent as exc:  # PROJECT_UPDATED and the other events Label Studio sends us too
         return jsonify({"status": "ignored", "reason": str(exc)}), 200
     _metrics().webhook(event.action)
-    model = ClipClassifier(event.project, event.label_config, _runtime())
+    runtime = _runtime()
     if event.action == TASKS_CREATED:
         if not isinstance(event.tasks, list):
             raise BadRequest("TASKS_CREATED payload has no list of tasks")
-        return jsonify({"status": "ok", "result": {"queued": model.preannotate(event.tasks)}}), 201
-    result = model.fit(event.action, body)
+        queued = runtime.preannotate_imports(event.project, event.label_config, event.tasks)
+        return jsonify({"status": "ok", "result": {"queued": queued}}), 201
+    result = record_event(runtime.log, event)  # durably, before the answer; trained in the background
+    runtime.scheduler.notify(event.project)
     return jsonify({"status": "ok", "result": result}), 201
 
 
 @api.get("/reports")
 def reports_list():
-    versions = _runtime().services.versions
+    versions = _runtime().versions
     projects = [request.args["project"]] if request.args.get("project") else versions.projects()
     listing = []
     for project in projects:
         for version in versions.all(project_id(project)):
-            report = version.report() or {}
+            result = TrainingResult.from_report(version.report() or {})
             listing.append({
                 "project": project, "version": version.name, "number": version.number,
                 "created_at": version.meta.get("created_at"), "labels": version.meta.get("labels"),
-                "head": report.get("head"), "test_accuracy": (report.get("test") or {}).get("accuracy"),
+                "head": result.head, "test_accuracy": result.test_accuracy,
                 "url": f"/reports/{version.number}?project={project}",
             })
     return jsonify({"reports": listing})
@@ -168,7 +177,7 @@ def reports_list():
 
 @api.get("/reports/<path:version>")
 def report_view(version):
-    versions = _runtime().services.versions
+    versions = _runtime().versions
     project = request.args.get("project")
     if not project:
         known = versions.projects()
@@ -196,6 +205,6 @@ def metrics_exposition():
 @api.get("/status")
 def status():
     runtime = _runtime()
-    return jsonify({**_metrics().snapshot(), "process": {"pid": os.getpid(), "serving": runtime.services.serving()},
+    return jsonify({**_metrics().snapshot(), "process": {"pid": os.getpid(), "serving": runtime.serving()},
                     "training": runtime.scheduler.status(), "preannotation": runtime.preannotator.status()})
 

@@ -62,6 +62,7 @@ from backend.learn.heads import LogisticHead, ZeroShotHead
 from backend.learn.intervals import proportion
 from backend.learn.selection import train_and_select
 from backend.queue.priorities import TargetScores, queue_priorities
+from bench.store_ranking import StoreRanking, with_store_batch
 
 SYSTEM_NAMES = ("ours", "ours-random", "ls-example", "ls-example-tfidf", "ours-no-audit")
 # variants of ours run through the same loop (not what ships):
@@ -118,9 +119,10 @@ class ShippedLoop:
 
     def __init__(self, d, seed: int, retrain_every: int = RETRAIN_EVERY, batch: int = QUEUE_BATCH,
                  audit_share: float = AUDIT_SHARE, strategy: str = QUEUE_STRATEGY, old_estimate_until: int = 0,
-                 head: str = "selected", order: str = "queue", cold_start: bool = True):
-        if head not in ("selected", "fixed") or order not in ("queue", "random"):
-            raise ValueError(f"head must be 'selected' or 'fixed', order 'queue' or 'random': {head!r}, {order!r}")
+                 head: str = "selected", order: str = "queue", cold_start: bool = True, index: str = "exact"):
+        if head not in ("selected", "fixed") or order not in ("queue", "random") or index not in ("exact", "store"):
+            raise ValueError(f"head must be 'selected' or 'fixed', order 'queue' or 'random', index 'exact' or 'store': "
+                             f"{head!r}, {order!r}, {index!r}")
         self.d, self.seed = d, seed
         self.old_estimate_until = old_estimate_until
         self.old_report: dict | None = None
@@ -141,6 +143,8 @@ class ShippedLoop:
         self.audit_idx: list[int] = []
         self.audit_rng = np.random.default_rng([seed, 7])
         self.rank_seconds: list[float] = []
+        # index="store": the trained queue's batch comes through Chroma, as flows/rank.rank_batch retrieves it
+        self.store_ranking = StoreRanking(d.X_pool, self.task_ids) if index == "store" else None
         self._rank()
 
     def _rank(self) -> None:
@@ -164,6 +168,10 @@ class ShippedLoop:
         priority = queue_priorities(ids, [target], self.strategy, self.batch, labeled=labeled, seed=0)
         p = np.array([priority[i] for i in ids])
         self.queue = list(unl[np.lexsort((self.task_ids[unl], p))])
+        if self.store_ranking is not None and self.trained and self.strategy == "boundary":
+            anchors = labeled[FROM_NAME] if labeled else (None, None)
+            self.queue = with_store_batch(self.store_ranking, self.queue, self.head, self.batch, E, unl, self.task_ids,
+                                          self.train_idx + self.audit_idx, *anchors, self.d.prototypes)
         self.queue_pos = 0
         self.rank_seconds.append(time.perf_counter() - t)
 
@@ -244,13 +252,15 @@ class ShippedLoop:
                 self._train(m, trace)
             if m in want:
                 self._measure(m, trace)
+        if self.store_ranking is not None:
+            self.store_ranking.drop()
         return trace
 
 
 def ablation_steps(batch: int) -> list[tuple[str, dict]]:
     """From the strategy benchmark's loop (fixed LogisticHead(C=30), retrained after every batch of the
-    dataset's size, no audit) to the shipped loop, one difference at a time; the last row drops the cold
-    start from the shipped loop instead."""
+    dataset's size, no audit) to the shipped loop, one difference at a time; the last two rows change the
+    shipped loop instead: its batch retrieved through Chroma as the server does, and no cold start."""
     steps = [("fixed-head strategy", dict(head="fixed", retrain_every=batch, batch=batch, audit_share=0.0)),
              ("+ head selection", dict(head="selected", retrain_every=batch, batch=batch, audit_share=0.0)),
              (f"+ a run every {RETRAIN_EVERY} labels", dict(head="selected", retrain_every=RETRAIN_EVERY, batch=batch,
@@ -259,7 +269,9 @@ def ablation_steps(batch: int) -> list[tuple[str, dict]]:
                                                    audit_share=0.0)),
              (f"+ audit {AUDIT_SHARE:.0%} (= ours)", dict(head="selected", retrain_every=RETRAIN_EVERY,
                                                          batch=QUEUE_BATCH, audit_share=AUDIT_SHARE))]
-    steps.append(("ours without cold start", {**steps[-1][1], "cold_start": False}))
+    ours = steps[-1][1]
+    steps.append(("ours through the store (Chroma)", {**ours, "index": "store"}))
+    steps.append(("ours without cold start", {**ours, "cold_start": False}))
     return steps
 
 

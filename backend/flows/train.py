@@ -81,7 +81,7 @@ def select_head(model: ClipClassifier, control: ChoicesControl, data: LabeledDat
     return train_and_select(data.embeddings, data.y, [t["id"] for t in data.tasks], zero_shot.prototypes,
                             zero_shot.logit_scale, target.outputs, target.multiple, history=history,
                             version=version, audit_ids=audit,
-                            previous=model.head(target) if model.is_trained(target) else None)
+                            previous=control.trained_)
 
 
 def save_version(model: ClipClassifier, heads: dict, results: dict[str, TrainingResult], generation: int,

@@ -125,7 +125,7 @@ def test_forty_balanced_labels_beat_zero_shot_on_held_out_items(live, sms_messag
     for event in events:
         assert requests.post(live.url + "/webhook", json=event).status_code == 201
     assert wait_for_training(live.app, "42", timeout=180)
-    latest = live.app.extensions["runtime"].services.versions.latest("42")
+    latest = live.app.extensions["runtime"].versions.latest("42")
     assert latest.meta["labels"] == 40 and latest.report()["counts"]["train"] == 40  # every label trains
     trained, version = _balanced_accuracy(live, tasks, truth)
     print(f"\n[40 labels] balanced accuracy on {len(tasks)} held-out messages: zero-shot {zero_shot:.3f}, "

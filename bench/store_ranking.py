@@ -1,15 +1,15 @@
 """The queue's batch retrieved through Chroma, as the server does it (``backend.flows.rank.rank_batch``):
 the pool's embeddings in a real embedded Chroma collection (the backend's EmbeddingStore, cosine HNSW),
 labeled tasks skipped by over-fetching (``EmbeddingStore.unlabeled_index(labeled=...)``), the batch from
-``BoundaryRetrieval.query`` on that index, topped up by the sample's smallest margins when the searches
-find too few. The ablation's "through the store" row compares it with the exact in-memory ranking."""
+``BoundaryRetrieval.query`` on that index with the sample's own items as candidates too, topped up by the
+sample's smallest margins when the searches find too few. The ablation's "through the store" row compares it with the exact in-memory ranking."""
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 
-from backend.embed.store import EmbeddingStore, StoredItem
+from backend.embed.store import EmbeddingStore, StoredItem, record_id
 from backend.queue.base import QueryContext
 from backend.queue.boundary import BoundaryRetrieval
 from backend.queue.measures import top2_margin
@@ -32,12 +32,14 @@ class StoreRanking:
                                                        for t, e in zip(task_ids, np.asarray(embeddings, np.float32))])
 
     def batch(self, head, k: int, sample: np.ndarray, labeled_tasks: set[int], labeled_E, labeled_y,
-              prototypes) -> list[int]:
-        """Pool indices of the k items the server's batch would hold (sample: the unlabeled embeddings)."""
+              prototypes, sample_tasks: list[int] | None = None) -> list[int]:
+        """Pool indices of the k items the server's batch would hold (sample: the unlabeled embeddings,
+        of ``sample_tasks``)."""
         index = self.store.unlabeled_index(self.project, ENCODER_ID, FIELD, labeled_tasks)
         context = QueryContext(head=head, labeled_embeddings=labeled_E, labeled_y=labeled_y, prototypes=prototypes,
                                labeled_ids=[])
-        keys = BoundaryRetrieval().query(index, head, k, sample, context)
+        keys = BoundaryRetrieval().query(index, head, k, sample, context, sample_keys=None if sample_tasks is None
+                                         else [record_id(t, FIELD) for t in sample_tasks])
         picked = [self.pool_of[int(str(key).split(":")[0])] for key in keys]
         return picked[:k]
 
@@ -49,7 +51,8 @@ def with_store_batch(ranking: StoreRanking, queue: list[int], head, k: int, samp
                      task_ids: np.ndarray, labeled_idx: list[int], labeled_E, labeled_y, prototypes) -> list[int]:
     """The serving order with the store's batch first (as the server publishes it), then ``queue``'s order.
     A batch short of k is topped up with the sample's smallest margins, as rank_batch does."""
-    picked = ranking.batch(head, k, sample, {int(task_ids[i]) for i in labeled_idx}, labeled_E, labeled_y, prototypes)
+    picked = ranking.batch(head, k, sample, {int(task_ids[i]) for i in labeled_idx}, labeled_E, labeled_y, prototypes,
+                           sample_tasks=[int(t) for t in task_ids[unlabeled]])
     if len(picked) < k:
         taken = set(picked)
         margins = top2_margin(head.predict_proba(sample))

@@ -165,6 +165,38 @@ def test_boundary_retrieval_with_a_where_filter(tmp_path):
     assert len(got) == 8 and not {int(g) for g in got} & labeled
 
 
+class _FarAwayIndex:
+    """A vector index whose searches only find items far from the boundary (failure injection: the
+    crossing points' neighbourhoods miss where the low-margin items are)."""
+
+    def __init__(self, X, ids, far):
+        self.X, self.ids, self.far = X, ids, far
+
+    def search(self, direction, m, exclude=None):
+        keep = [i for i in self.far if self.ids[i] not in (exclude or ())][:m]
+        return [self.ids[i] for i in keep], self.X[keep]
+
+
+def test_boundary_query_with_the_sample_is_never_worse_than_the_samples_exact_ranking():
+    """Searches that miss the boundary cannot push the sample's own boundary items out of the batch."""
+    X, y, lab, unl, head = _boundary_setup()
+    ids = [f"{i}:text" for i in range(len(X))]
+    margins = top2_margin(head.predict_proba(X[unl]))
+    far = unl[np.argsort(-margins)][:100]  # the most certain unlabeled items
+    index = _FarAwayIndex(X, ids, far)
+    ctx = QueryContext(head=head, labeled_embeddings=X[lab], labeled_y=y[lab], labeled_ids=[ids[i] for i in lab])
+    k = 12
+    blind = BoundaryRetrieval().query(index, head, k, X[unl], ctx)
+    with_sample = BoundaryRetrieval().query(index, head, k, X[unl], ctx, sample_keys=[ids[i] for i in unl])
+    exact = BoundaryRetrieval().rank(head.predict_proba(X[unl]), X[unl], k, ctx)
+    assert len(with_sample) == k and not set(with_sample) & set(ctx.labeled_ids)
+
+    def mean_margin(keys):
+        return float(top2_margin(head.predict_proba(X[[ids.index(key) for key in keys]])).mean())
+    assert mean_margin(with_sample) <= mean_margin([ids[i] for i in unl[exact]]) + 1e-9
+    assert mean_margin(with_sample) < mean_margin(blind) / 2
+
+
 def test_boundary_opt_in_exploration_and_density_weighting():
     X, blob, centers = blobs(k=5, per=60, seed=2)
     # exploration: typical items of the blobs that no labeled item covers yet

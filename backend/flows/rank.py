@@ -90,7 +90,8 @@ def rank_batch(model: ClipClassifier, k: int, strategy: str, anchors: dict, audi
         index = store.unlabeled_index(labeled)
         context = QueryContext(head=head, labeled_embeddings=labeled_E, labeled_y=labeled_y, prototypes=prototypes,
                                labeled_ids=[store.record_id(t) for t in audit])
-        keys = BoundaryRetrieval().query(index, head, k_queue, sample, context)
+        keys = BoundaryRetrieval().query(index, head, k_queue, sample, context,
+                                         sample_keys=[store.record_id(t) for t in sample_ids])
         picked = [store.task_of(key) for key in keys]
         if len(picked) < k_queue:  # the searches found too few distinct items: the sample's least certain
             taken = set(picked) | set(audit)

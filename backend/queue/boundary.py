@@ -233,27 +233,51 @@ class BoundaryRetrieval(QueryStrategy):
 
     # -- vector store -----------------------------------------------------------------------------
     def query(self, index: VectorIndex, head, k: int, sample_embeddings: np.ndarray,
-              context: QueryContext = QueryContext()) -> list:
+              context: QueryContext = QueryContext(), sample_keys: Sequence | None = None) -> list:
         """Vector-store version: ids of the k items to label next. Reads only ``sample_embeddings``
         (a random sample of the unlabeled items, for the pair statistics) and the retrieved items,
         so its cost does not grow with the collection beyond the index's own search. Ids in
-        ``context.labeled_ids`` are never returned."""
+        ``context.labeled_ids`` are never returned.
+
+        Given ``sample_keys`` (the sample's ids in the index), a pair's candidates are the retrieved
+        items plus the sample's own items of that pair: the searches add boundary items the sample
+        missed, and the batch is never worse than the exact ranking of the sample (searches near the
+        crossing points alone missed most low-margin items on AG News: 210 labels to 95% vs 60)."""
         if head is None:
             raise ValueError("BoundaryRetrieval.query needs a fitted head")
-        sample = np.asarray(head.predict_proba(np.asarray(sample_embeddings, np.float32)), np.float64)
+        S = np.asarray(sample_embeddings, np.float32)
+        sample = np.asarray(head.predict_proba(S), np.float64)
         anchors = class_anchors(sample.shape[1], head, context.labeled_embeddings, context.labeled_y,
                                 context.prototypes)
         pairs = self.pairs(sample, k)
         exclude = set(context.labeled_ids or ())
         seen: set = set()
+        of_sample = None if sample_keys is None else self._exhaustive_candidates(sample, S, top2_margin(sample))
 
         def score(keys, V):
             return top2_margin(head.predict_proba(V))
 
         def candidates_for(pair):
-            return self.retrieve(pair, anchors, lambda q, m: index.search(q, m, exclude), score, head, context, seen)
+            found = self.retrieve(pair, anchors, lambda q, m: index.search(q, m, exclude), score, head, context, seen)
+            if of_sample is None:
+                return found
+            return self._with_sample(found, of_sample(pair), sample_keys, exclude, seen)
 
         return self.select(pairs, candidates_for, k, context.labeled_embeddings)
+
+    @staticmethod
+    def _with_sample(found, in_sample, sample_keys: Sequence, exclude: set, seen: set):
+        """Retrieved candidates (keys, V, margins) joined by the sample's items of the same pair."""
+        idx, V, margins = in_sample
+        keep = [n for n, i in enumerate(idx) if sample_keys[i] not in exclude and sample_keys[i] not in seen]
+        if not keep:
+            return found
+        keys = [sample_keys[idx[n]] for n in keep]
+        seen.update(keys)
+        if not found[0]:
+            return keys, V[keep], margins[keep]
+        return (found[0] + keys, np.concatenate([found[1], V[keep]]),
+                np.concatenate([found[2], margins[keep]]))
 
     # -- shared steps -----------------------------------------------------------------------------
     def pairs(self, proba_sample, k: int) -> list[Pair]:

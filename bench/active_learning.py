@@ -320,7 +320,10 @@ def bench_ablation(spec: Spec, d: Data, args, out: dict) -> None:
     step = 5 if spec.batch <= 5 else 10
     points = eval_points(budget, step=step, extra=CHECKPOINTS)
     rows = []
+    wanted = [w.strip() for w in getattr(args, "ablation_rows", "").split(",") if w.strip()]
     for name, kw in ablation_steps(spec.quick_batch if args.quick else spec.batch):
+        if wanted and not any(w in name for w in wanted):
+            continue
         t0 = time.perf_counter()
         traces = [ShippedLoop(d, seed, **kw).run(budget, points) for seed in range(args.seeds)]
         res = system_result(traces, out["target_accuracy"], out["full_pool_accuracy"], budget, time.perf_counter() - t0)
@@ -418,6 +421,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--embed-only", action="store_true", help="only fill the embedding cache")
     ap.add_argument("--ablation", action="store_true",
                     help="run the steps from the fixed-head strategy to the shipped loop (bench.shipped_loop.ablation_steps)")
+    ap.add_argument("--ablation-rows", default="",
+                    help='only the ablation rows whose name contains one of these comma-separated words, '
+                         'e.g. "= ours,store"')
     ap.add_argument("--boundary-kwargs", type=json.loads, default={},
                     help='JSON keyword arguments for BoundaryRetrieval or its bench variants '
                          '(bench.strategy_variants.ExploringBoundaryRetrieval), e.g. \'{"density_weight": 0.1}\' '

@@ -38,7 +38,8 @@ def publish_queue(api: LabelStudioAPI, model: ClipClassifier, labeled: set[int],
         if batch is None:
             logger.info("project %s: no unlabeled task embedded yet; nothing to rank", project)
             return None
-        return publish_batch(api, model, batch)
+        with api.pacer.foreground():  # background requests to Label Studio wait until the batch is in
+            return publish_batch(api, model, batch)
     except Exception as exc:
         logger.warning("project %s: could not publish the queue batch to Label Studio: %s", project, exc)
         return None

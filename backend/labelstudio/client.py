@@ -38,7 +38,8 @@ class LabelStudioAPI:
     def __init__(self, url: str, api_key: str, timeout: float = 60):
         from label_studio_sdk import LabelStudio  # heavy (~1 s of imports): only processes that call the API
 
-        self.client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+        # retries are the Pacer's (backoff with jitter, shared by every request to this Label Studio)
+        self.client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
         # endpoints the SDK does not wrap (model versions) go through requests with the same credentials
         self._url, self._timeout = url.rstrip("/"), timeout
         self._auth = LabelStudioAuth(url, api_key, timeout=timeout)
@@ -162,7 +163,7 @@ class LabelStudioAPI:
         start = 0
         while start < len(predictions):
             chunk = predictions[start:start + self.pacer.rows_for("import")]
-            self.pacer.call(lambda: self.client.projects.import_predictions(id=int(project), request=chunk),
+            self.pacer.call(lambda rows=chunk: self.client.projects.import_predictions(id=int(project), request=rows),
                             kind="import", rows=len(chunk))
             start += len(chunk)
         return len(predictions)
@@ -181,8 +182,8 @@ class LabelStudioAPI:
         ids = [int(t) for t in task_ids]
         for start in range(0, len(ids), IDS_PER_QUERY):  # the ids travel in the URL: keep it short
             selected = json.dumps({"selectedItems": {"all": False, "included": ids[start:start + IDS_PER_QUERY]}})
-            yield from self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=selected,
-                                                                      page_size=500)))
+            yield from self._read(lambda query=selected: list(self.client.tasks.list(
+                project=int(project), fields="all", query=query, page_size=500)))
 
     def model_versions(self, project: int) -> dict[str, int]:
         """{model_version: number of predictions} of the project's predictions."""

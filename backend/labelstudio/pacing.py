@@ -65,11 +65,11 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def retryable(exc: BaseException, write: bool) -> bool:
-    """5xx answers and refused connections are retried; a timeout only for reads (a write that timed out
+    """5xx and 429 answers and refused connections are retried; a timeout only for reads (a write that timed out
     may have been done: trying it again could do it twice)."""
     status = status_of(exc)
     if status is not None:
-        return status >= 500
+        return status >= 500 or status == 429
     name = type(exc).__name__
     if name in ("ConnectError", "ConnectionError", "RemoteProtocolError"):
         return "Timeout" not in name
@@ -118,6 +118,11 @@ class Pacer:
                 self._observe(self._clock() - started, kind or "write", rows, background_work)
             return result
         raise AssertionError("unreachable")
+
+    def wait_turn(self) -> None:
+        """Background work: wait until Label Studio is ours to use (no-op in the foreground)."""
+        if in_background():
+            self._wait_turn()
 
     def rows_for(self, kind: str) -> int:
         """Rows for the next chunk of this kind of write: as many as take about CHUNK_TARGET_S."""

@@ -642,14 +642,21 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-loop-work-"))
     env = backend_env(work, UNCERTAINTY_SAMPLING="true", QUEUE_BATCH=str(QUEUE_BATCH), LOG_LEVEL="INFO")
     encoder = encoder_id("text", encoder_spec(Settings.from_env(env)))
-    result: dict = {"config": {"n": args.n, "runs": args.runs, "dataset": args.dataset, "classes": len(names),
+    result: dict = {"config": {"n": args.n, "runs": args.runs, "db": args.db, "sweep": args.sweep,
+                               "dataset": args.dataset, "classes": len(names),
                                "pace_s": args.pace, "jitter_s": args.jitter, "queue_batch": QUEUE_BATCH,
                                "poll_s": args.poll, "seed": args.seed, "out": str(out_dir)},
                     "setup": {}}
     base_embeddings(args.dataset, int(base.max()) + 1, cache)  # before Label Studio: the CPU is ours
-    ls = proxy = backend = monitor = annotator = None
+    ls = proxy = backend = monitor = annotator = pg = None
     try:
-        ls = LabelStudioServer(ensure_label_studio_venv(), extra_env={"LS_LOG_LEVEL": "WARNING",
+        db_env = {}
+        if args.db == "postgresql":
+            from bench.postgres import PostgresServer
+
+            pg = PostgresServer().start()
+            db_env = pg.label_studio_env()
+        ls = LabelStudioServer(ensure_label_studio_venv(), extra_env={**db_env, "LS_LOG_LEVEL": "WARNING",
                                                                       "LOG_LEVEL": "WARNING"}).start()
         result["setup"]["label_studio_start_s"] = round(ls.startup_seconds, 1)
         log(f"Label Studio up at {ls.url} in {ls.startup_seconds:.0f}s")
@@ -771,6 +778,8 @@ def run(args) -> dict:
             if ls.log_path and ls.log_path.exists():
                 shutil.copy(ls.log_path, out_dir / "label-studio.log")
             ls.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["wall_s"] = round(time.perf_counter() - wall, 1)
     result["targets"] = targets(result)
@@ -820,6 +829,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true",
                     help="no embedding store prepared: the backend's first-connect sweep embeds the project "
                          "while the annotator works (a new user's first hour)")
+    ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="Label Studio's database: SQLite (its default) or a throw-away PostgreSQL (bench/postgres.py)")
     ap.add_argument("--runs", type=int, default=20, help="trained versions to wait for")
     ap.add_argument("--dataset", choices=("ag_news", "banking77"), default="ag_news")
     ap.add_argument("--out", help="directory for result.json, backend and Label Studio logs, proxy records")

@@ -70,8 +70,9 @@ def publish_batch(api: LabelStudioAPI, model: ClipClassifier, batch: RankedBatch
     staying = {r["task"]: r for r in rows if stale.get(r["task"])}  # in both batches: updated in place
     fresh = [r for r in rows if r["task"] not in staying]
     leaving = {t: ids for t, ids in stale.items() if t not in staying}
-    # the lock first, then the foreground: background work holding the lock never waits for this batch
-    with _push_locks[str(project)], api.pacer.foreground():  # background requests wait until the batch is in
+    # the lock first, then the foreground (background requests wait until the batch is in): background
+    # work holding the lock never waits for this batch
+    with _push_locks[str(project)], api.pacer.foreground():
         pushes.push(api, project, fresh)  # the new tasks first: the queue never runs empty
         replaced = replace_previous(api, project, leaving, only_ours)
         for task, row in staying.items():  # a new score (order) and the current head's choice

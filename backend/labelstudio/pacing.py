@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK_TARGET_S = 2.0  # a write chunk aims at this many seconds of Label Studio's time
-CHUNK_ROWS = (20, 1000)  # fewest, most rows per write chunk
+CHUNK_ROWS = (50, 1000)  # fewest (a default QUEUE_BATCH: the batch stays one import), most rows per write chunk
 FIRST_ROWS = 100  # rows of a kind's first chunk
 RETRIES = 6  # a request answered 5xx (or refused) is tried this many more times before it fails
 BACKOFF_S = (0.5, 30.0)  # first, longest backoff after a failure (doubled each time, with jitter)

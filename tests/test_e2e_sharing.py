@@ -12,7 +12,7 @@ from tests.ls_server import free_port
 
 pytestmark = pytest.mark.e2e
 
-TASKS = 2500
+TASKS = 1500
 SAMPLE = 100  # the cold start embeds this many; the sweep the rest
 BATCH = 12
 
@@ -79,7 +79,7 @@ def test_an_annotator_gets_no_error_while_the_backend_sweeps_and_trains(label_st
             done = sweep.get("finished", 0) >= TASKS - SAMPLE - len(annotator.labeled) and sweep.get("pending") == 0
             return status if done and runs >= 3 else None
 
-        status = wait_until(swept_and_trained, timeout=600, step=2, what="the sweep and three training runs")
+        status = wait_until(swept_and_trained, timeout=900, step=2, what="the sweep and three training runs")
     finally:
         annotator.stop.set()
         annotator.thread.join(150)

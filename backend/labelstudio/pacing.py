@@ -23,7 +23,8 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 

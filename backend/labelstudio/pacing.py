@@ -22,8 +22,8 @@ import random
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import TypeVar
 
 logger = logging.getLogger(__name__)

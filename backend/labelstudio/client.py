@@ -225,9 +225,9 @@ class LabelStudioAPI:
 
     def _remember(self, project: int, field: str, value) -> None:
         """Keep the project read by this object true after our own change (or forget it)."""
-        try:
-            setattr(self._projects[int(project)], field, value)
-        except Exception:  # not read yet, or a frozen model: the next use reads it again
+        try:  # the SDK's project is a frozen pydantic model: a copy with the change
+            self._projects[int(project)] = self._projects[int(project)].model_copy(update={field: value})
+        except Exception:  # not read yet, or not a pydantic model: the next use reads it again
             self._projects.pop(int(project), None)
 
     def ensure_view(self, project: int, title: str, ordering: list[str], filters: dict | None = None) -> str:

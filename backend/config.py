@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     # ML_TIMEOUT_PREDICT, 100 s by default); what is not done by then is imported in the background
     predict_timeout_s: float = _env("PREDICT_TIMEOUT", 80.0, ge=1.0)
     preannotate_imports: bool = _env("PREANNOTATE_IMPORTS", True)  # TASKS_CREATED -> predictions, no user action
+    # the first-connect sweep embeds every task; importing a prediction for each holds Label Studio's database
+    sweep_predictions: bool = _env("SWEEP_PREDICTIONS", False)
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -58,6 +58,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -385,6 +386,7 @@ class Annotator:
         self.done: list[dict] = []  # {"i", "task", "t" (submitted), "t_done", "served_from_batch", "ours"}
         self.stop_event = threading.Event()
         self.errors: list[str] = []
+        self.server_errors = 0  # 5xx answers to /next or the annotation (SQLite: "database is locked")
         self.thread = threading.Thread(target=self._loop, name="annotator", daemon=True)
 
     def start(self) -> "Annotator":
@@ -412,6 +414,7 @@ class Annotator:
                                   "ours": any(v == TITLE or BACKEND_VERSION.match(str(v)) for v in versions)})
             except Exception as exc:  # noted; the loop goes on (Label Studio busy, no task left...)
                 self.errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+                self.server_errors += bool(re.search(r" -> 5\d\d:", str(exc)))
                 if len(self.errors) > 50:
                     return
             self.stop_event.wait(max(0.2, self.pace + self.rng.uniform(-self.jitter, self.jitter)))
@@ -639,14 +642,21 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-loop-work-"))
     env = backend_env(work, UNCERTAINTY_SAMPLING="true", QUEUE_BATCH=str(QUEUE_BATCH), LOG_LEVEL="INFO")
     encoder = encoder_id("text", encoder_spec(Settings.from_env(env)))
-    result: dict = {"config": {"n": args.n, "runs": args.runs, "dataset": args.dataset, "classes": len(names),
+    result: dict = {"config": {"n": args.n, "runs": args.runs, "db": args.db, "sweep": args.sweep,
+                               "dataset": args.dataset, "classes": len(names),
                                "pace_s": args.pace, "jitter_s": args.jitter, "queue_batch": QUEUE_BATCH,
                                "poll_s": args.poll, "seed": args.seed, "out": str(out_dir)},
                     "setup": {}}
     base_embeddings(args.dataset, int(base.max()) + 1, cache)  # before Label Studio: the CPU is ours
-    ls = proxy = backend = monitor = annotator = None
+    ls = proxy = backend = monitor = annotator = pg = None
     try:
-        ls = LabelStudioServer(ensure_label_studio_venv(), extra_env={"LS_LOG_LEVEL": "WARNING",
+        db_env = {}
+        if args.db == "postgresql":
+            from bench.postgres import PostgresServer
+
+            pg = PostgresServer().start()
+            db_env = pg.label_studio_env()
+        ls = LabelStudioServer(ensure_label_studio_venv(), extra_env={**db_env, "LS_LOG_LEVEL": "WARNING",
                                                                       "LOG_LEVEL": "WARNING"}).start()
         result["setup"]["label_studio_start_s"] = round(ls.startup_seconds, 1)
         log(f"Label Studio up at {ls.url} in {ls.startup_seconds:.0f}s")
@@ -654,8 +664,9 @@ def run(args) -> dict:
         imported = import_tasks(ls, project, texts, truth)
         result["setup"]["import_s"] = imported["seconds"]
         log(f"imported {args.n} tasks in {imported['seconds']:.0f}s (project {project}, first task {imported['first_id']})")
-        store = prepare_store(Path(env["MODEL_DIR"]) / "chroma", cache, args.dataset, texts, base, project,
-                              imported["first_id"], encoder)
+        store = {"seconds": 0.0, "built": "no: the backend's sweep embeds"} if args.sweep else \
+            prepare_store(Path(env["MODEL_DIR"]) / "chroma", cache, args.dataset, texts, base, project,
+                          imported["first_id"], encoder)
         result["setup"]["store"] = store
         log(f"embedding store ready in {store['seconds']:.0f}s (built: {store['built']})")
         proxy = CountingProxy(ls.url).start()
@@ -705,6 +716,7 @@ def run(args) -> dict:
         monitor.stop()
         result["annotations"] = len(annotator.done)
         result["annotator_errors"] = annotator.errors[:5]
+        result["annotator_5xx"] = annotator.server_errors
         result["served_from_batch"] = sum(1 for a in annotator.done if a["title"])
         result["served_without_our_prediction"] = sum(1 for a in annotator.done if not a["ours"])
         result["next_s_p50"] = pct([a["next_s"] for a in annotator.done], 50)
@@ -766,6 +778,8 @@ def run(args) -> dict:
             if ls.log_path and ls.log_path.exists():
                 shutil.copy(ls.log_path, out_dir / "label-studio.log")
             ls.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["wall_s"] = round(time.perf_counter() - wall, 1)
     result["targets"] = targets(result)
@@ -803,6 +817,7 @@ def table(result: dict) -> str:
                      f"{(r.get('phases') or {}).get('reconcile', float('nan')):>9.2f}  "
                      f"{(r.get('reconciled') or {}).get('tasks', '-'):>5}  {t.get('requests', '-'):>8}  "
                      f"{(t.get('bytes_out', 0) + t.get('bytes_in', 0)) / 1024:>5.0f}")
+    lines.append(f"annotator: {result.get('annotations')} annotations, {result.get('annotator_5xx')} answers 5xx")
     lines.append(json.dumps(result.get("summary"), indent=1))
     lines.append(json.dumps(result.get("targets"), indent=1))
     return "\n".join(lines)
@@ -811,6 +826,11 @@ def table(result: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=10000, help="tasks in the project")
+    ap.add_argument("--sweep", action="store_true",
+                    help="no embedding store prepared: the backend's first-connect sweep embeds the project "
+                         "while the annotator works (a new user's first hour)")
+    ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                    help="Label Studio's database: SQLite (its default) or a throw-away PostgreSQL (bench/postgres.py)")
     ap.add_argument("--runs", type=int, default=20, help="trained versions to wait for")
     ap.add_argument("--dataset", choices=("ag_news", "banking77"), default="ag_news")
     ap.add_argument("--out", help="directory for result.json, backend and Label Studio logs, proxy records")

@@ -83,15 +83,16 @@ def test_retrieve_predictions_beyond_the_timeout_ends_with_every_task_predicted(
 
 @pytest.fixture(scope="module")
 def small_sample_backend(label_studio, tmp_path_factory):
-    """A backend whose cold start embeds at most 50 tasks before the first batch."""
+    """A backend whose cold start embeds at most 50 tasks before the first batch, and whose sweep imports
+    predictions too (SWEEP_PREDICTIONS=true: by default it only embeds, test_e2e_sharing.py)."""
     yield from _backend(label_studio, tmp_path_factory.mktemp("sample-backend"), COLD_START_SAMPLE="50",
-                        QUEUE_BATCH="12", UNCERTAINTY_SAMPLING="true")
+                        QUEUE_BATCH="12", UNCERTAINTY_SAMPLING="true", SWEEP_PREDICTIONS="true")
 
 
 def test_a_project_bigger_than_the_cold_start_sample_is_swept_in_the_background(label_studio, small_sample_backend,
                                                                                sms_messages):
     """Tasks imported before connecting: the first batch comes from a random sample of 50 embedded at
-    once; the background sweep finds the other 70, embeds them and imports their predictions, none twice
+    once; the background sweep finds the other 70, embeds them and (opted in) imports their predictions, none twice
     (the sampled tasks outside the batch get theirs live, when opened)."""
     ls, backend, title = label_studio, small_sample_backend, "clip-al-sweep"
     project_id = ls.create_project("sweep e2e", label_config("sms_spam.xml"))

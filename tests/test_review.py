@@ -30,3 +30,44 @@ def test_the_tab_shows_at_most_review_max_and_is_named_by_the_encoders(tmp_path)
     rows = [_row(t, "ham") for t in range(REVIEW_MAX + 10)]
     assert len(to_review(ProjectState(tmp_path, "6"), rows, _errors(*range(REVIEW_MAX + 10)))) == REVIEW_MAX
     assert review_version("st-minilm/v3-0123456789") == "st-minilm/label-review"
+
+
+class RecordingLabelStudio:
+    """The few calls publish_review makes, held in memory: which writes reached Label Studio."""
+
+    def __init__(self):
+        self.held: dict[str, int] = {}  # model_version -> predictions
+        self.writes: list[str] = []
+
+    def model_versions(self, project):
+        return dict(self.held)
+
+    def project_model_version(self, project):
+        return "clip-al"
+
+    def delete_model_version(self, project, version, shown=None):
+        self.writes.append("delete")
+        return self.held.pop(version, 0)
+
+    def create_prediction(self, row):
+        self.writes.append("create")
+        self.held[row["model_version"]] = self.held.get(row["model_version"], 0) + 1
+
+    def ensure_view(self, project, title, ordering, filters=None):
+        return "exists"
+
+
+def test_the_review_tab_is_written_only_when_its_flags_change():
+    from backend.flows.review import publish_review
+    from backend.labelstudio.labelconfig import Target
+
+    api, target, version = RecordingLabelStudio(), Target("label", "text", "text", "text", False, (), False), "st/v1-0"
+    first = publish_review(api, "1", target, version, _errors(1, 2))
+    assert api.writes == ["delete", "create", "create"] and first["written"] == 2
+    same = publish_review(api, "1", target, version, _errors(1, 2), before=first["shows"])
+    assert same["written"] == 0 and len(api.writes) == 3  # the same flags: not one write
+    api.held.clear()  # someone deleted the review predictions in Label Studio: written again
+    again = publish_review(api, "1", target, version, _errors(1, 2), before=first["shows"])
+    assert again["written"] == 2
+    changed = publish_review(api, "1", target, version, _errors(2, 3), before=again["shows"])
+    assert changed["written"] == 2 and api.held == {review_version(version): 2}

@@ -26,6 +26,11 @@ class StoreView:
         """Records in the collection (of every field stored with this encoder)."""
         return self.store.count(self.project, self.encoder_id)
 
+    def field_count(self) -> int:
+        """Records of this field (one id listing, no embeddings read)."""
+        got = self.store.collection(self.project, self.encoder_id).get(where={"field": self.field}, include=[])
+        return len(got["ids"])
+
     def missing(self, tasks: list[dict]) -> list[dict]:
         """The tasks ({"id", ...}) without a record of this field (one id lookup, no embeddings read)."""
         stored = self.store.existing(self.project, self.encoder_id, [self.record_id(t["id"]) for t in tasks])

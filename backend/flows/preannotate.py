@@ -1,6 +1,8 @@
-"""Background pre-annotation: newly imported tasks, the part of a "Retrieve predictions" batch that did
-not fit in /predict's deadline (predict.py), and the sweep that finds every unannotated task not embedded
-yet after a full reconcile, are embedded, predicted and imported into Label Studio, a chunk at a time.
+"""Background pre-annotation: newly imported tasks and the part of a "Retrieve predictions" batch that did
+not fit in /predict's deadline (predict.py) are embedded, predicted and imported into Label Studio, a chunk
+at a time; the sweep that finds every unannotated task not embedded yet after a full reconcile only embeds
+them (Label Studio asks /predict live for an opened task without a prediction: importing one for every
+task would buy the annotator nothing and hold Label Studio's database), unless SWEEP_PREDICTIONS=true.
 """
 from __future__ import annotations
 
@@ -44,7 +46,14 @@ def preannotate(model: ClipClassifier, tasks: list, push: Callable[[list[dict]],
 def unembedded_tasks(api: LabelStudioAPI, model: ClipClassifier, page_size: int = SWEEP_PAGE) -> Iterator[list[dict]]:
     """The sweep: the unannotated tasks whose primary item is not in the store, page by page (lists of
     {"id", "data"}), for pre-annotation."""
-    if model.primary.store is None:
+    store = model.primary.store
+    if store is None:
+        return
+    tasks_in_project = getattr(api.project(int(model.project_id)), "task_number", None)
+    if isinstance(tasks_in_project, int) and store.field_count() >= tasks_in_project:
+        # every task is embedded already (deleted tasks' records count too: a task imported since comes
+        # through TASKS_CREATED, or is predicted live when opened)
+        logger.info("project %s: the store holds all %d tasks: no sweep", model.project_id, tasks_in_project)
         return
     for tasks in api.unannotated_tasks(int(model.project_id), page_size):
         missing = model.primary.store.missing(tasks)

@@ -70,7 +70,9 @@ def publish_batch(api: LabelStudioAPI, model: ClipClassifier, batch: RankedBatch
     staying = {r["task"]: r for r in rows if stale.get(r["task"])}  # in both batches: updated in place
     fresh = [r for r in rows if r["task"] not in staying]
     leaving = {t: ids for t, ids in stale.items() if t not in staying}
-    with _push_locks[str(project)]:
+    # the lock first, then the foreground (background requests wait until the batch is in): background
+    # work holding the lock never waits for this batch
+    with _push_locks[str(project)], api.pacer.foreground():
         pushes.push(api, project, fresh)  # the new tasks first: the queue never runs empty
         replaced = replace_previous(api, project, leaving, only_ours)
         for task, row in staying.items():  # a new score (order) and the current head's choice
@@ -173,12 +175,21 @@ def push_new(api: LabelStudioAPI, project: str, rows: list[dict], version: str) 
     """Import prediction rows of ``version``, leaving out tasks that hold one already ("Retrieve
     predictions" or background pre-annotation got there first: Label Studio would show two).
     Returns (task ids imported, task ids skipped). The look and the import are one step per project
-    within this process, so a training run and background pre-annotation never import the same task."""
-    with _push_locks[str(project)]:
-        already = api.tasks_with_prediction(int(project), [r["task"] for r in rows], version)
-        fresh = [r for r in rows if r["task"] not in already]
-        api.push_predictions(int(project), fresh)
-    return {r["task"] for r in fresh}, already
+    within this process, so a training run and background pre-annotation never import the same task.
+    A chunk (sized by time, labelstudio.pacing) at a time, each waiting for its turn outside the lock:
+    a training run's batch waits for one chunk at most."""
+    imported, skipped, start = set(), set(), 0
+    while start < len(rows):
+        chunk = rows[start:start + api.pacer.rows_for("import")]
+        start += len(chunk)
+        api.pacer.wait_turn()
+        with _push_locks[str(project)]:
+            already = api.tasks_with_prediction(int(project), [r["task"] for r in chunk], version)
+            fresh = [r for r in chunk if r["task"] not in already]
+            api.push_predictions(int(project), fresh)
+        imported.update(r["task"] for r in fresh)
+        skipped.update(already)
+    return imported, skipped
 
 
 def delete_superseded(api: LabelStudioAPI, project: str, current: str, keep: str | None = None,

@@ -14,6 +14,7 @@ import time
 
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.labelconfig import Target
+from ..labelstudio.pacing import background
 from ..labelstudio.protocol import choice_region, prediction
 from ..model import ClipClassifier
 from ..state.annotations import AnnotationLog, LabeledTask
@@ -43,8 +44,10 @@ def show_review(api: LabelStudioAPI, model: ClipClassifier, rows: list[LabeledTa
     project = model.project_id
     try:
         flagged = to_review(model.state, rows, label_errors)
-        summary = publish_review(api, project, model.primary.target, model.model_version, flagged, shown)
-        model.state.mark_review_shown(time.time())
+        with background():  # behind any training run's batch, paced (labelstudio.pacing)
+            summary = publish_review(api, project, model.primary.target, model.model_version, flagged, shown,
+                                     model.state.review_shown())
+        model.state.mark_review_shown(time.time(), summary.pop("shows"))
         return summary
     except Exception as exc:  # the version serves anyway; the next run shows the review again
         logger.warning("project %s: could not update the label review in Label Studio: %s", project, exc)
@@ -78,22 +81,29 @@ def to_review(state: ProjectState, rows: list[LabeledTask], errors: list[dict]) 
 
 
 def publish_review(api: LabelStudioAPI, project: str, target: Target, model_version: str,
-                   flagged: list[dict], shown: str | None = None) -> dict:
+                   flagged: list[dict], shown: str | None = None, before: list | None = None) -> dict:
     """Replace the review predictions with this run's flags and make sure the tab exists. ``shown``:
-    the project's model version (the queue's), kept through the deletion."""
+    the project's model version (the queue's), kept through the deletion. ``before``: what the tab was
+    last written with; the same flags in the same order under the same version are not written again
+    (one request per flag, each a write on Label Studio's database)."""
     version = review_version(model_version)
-    if shown is None:  # no batch published this run: read it
-        shown = api.project_model_version(int(project))
-    removed = api.delete_model_version(int(project), version, shown=shown)
-    # created one at a time, least suspicious first: each touches its task's updated_at, which orders the tab
-    for entry in reversed(flagged):
-        region = choice_region(target.from_name, target.to_name, [entry["suggested"]], entry["confidence"])
-        api.create_prediction({"task": int(entry["task_id"]),
-                               **prediction([region], float(entry["suspicion"]), version)})
+    shows = [[version, int(e["task_id"]), json.dumps(e["suggested"])] for e in flagged]
+    removed, written = 0, 0
+    if shows != before or api.model_versions(int(project)).get(version, 0) != len(flagged):
+        if shown is None:  # no batch published this run: read it
+            shown = api.project_model_version(int(project))
+        removed = api.delete_model_version(int(project), version, shown=shown)
+        # created one at a time, least suspicious first: each touches its task's updated_at, which orders the tab
+        for entry in reversed(flagged):
+            region = choice_region(target.from_name, target.to_name, [entry["suggested"]], entry["confidence"])
+            api.create_prediction({"task": int(entry["task_id"]),
+                                   **prediction([region], float(entry["suspicion"]), version)})
+            written += 1
     # "contains" takes a list of versions (Label Studio iterates over the value)
     filters = {"conjunction": "and", "items": [{"filter": "filter:tasks:predictions_model_versions",
                                                 "operator": "contains", "type": "List", "value": [version]}]}
     view = api.ensure_view(int(project), REVIEW_VIEW, ["-tasks:updated_at"], filters)
-    summary = {"flagged": len(flagged), "removed": removed, "view": view, "model_version": version}
-    logger.info("project %s: label review: %s", project, summary)
+    summary = {"flagged": len(flagged), "removed": removed, "written": written, "view": view,
+               "model_version": version, "shows": shows}
+    logger.info("project %s: label review: %s", project, {k: v for k, v in summary.items() if k != "shows"})
     return summary

@@ -9,6 +9,8 @@ import time
 
 import requests
 
+from .pacing import Pacer, pacer_for
+
 IDS_PER_QUERY = 200  # task ids per listing query (a GET query string: servers cap its length at 8-64 KB)
 ACCESS_TOKEN_REUSE_S = 240  # Label Studio's access tokens live ~5 min: refresh a little before
 
@@ -36,17 +38,21 @@ class LabelStudioAPI:
     def __init__(self, url: str, api_key: str, timeout: float = 60):
         from label_studio_sdk import LabelStudio  # heavy (~1 s of imports): only processes that call the API
 
-        self.client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+        # retries are the Pacer's (backoff with jitter, shared by every request to this Label Studio)
+        self.client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
         # endpoints the SDK does not wrap (model versions) go through requests with the same credentials
         self._url, self._timeout = url.rstrip("/"), timeout
         self._auth = LabelStudioAuth(url, api_key, timeout=timeout)
+        self.pacer: Pacer = pacer_for(self._url)  # every request: retried on 5xx, background work paced
+        self._projects: dict[int, object] = {}  # project reads of this API object (one per training run)
 
     def annotated_tasks(self, project: int) -> list[tuple[dict, dict]]:
         """(latest live annotation, task) of every task holding an annotation: one filtered listing
         (fields=all) as long as the project's annotated tasks, not the project. Skipped-only tasks are
         listed and left out (not a label)."""
         query = json.dumps({"filters": ANNOTATED})
-        return _split(self.client.tasks.list(project=int(project), fields="all", query=query, page_size=500))[0]
+        return _split(self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=query,
+                                                                     page_size=500))))[0]
 
     def unannotated_page(self, project: int, page: int, page_size: int = 500) -> tuple[list[dict], int]:
         """One page ({"id", "data"}, no annotations or predictions read) of the tasks without any
@@ -83,11 +89,19 @@ class LabelStudioAPI:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
         query = json.dumps({"filters": {"conjunction": "and", "items": [
             {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}]}})
-        tasks = list(self.client.tasks.list(project=int(project), fields="all", query=query, page_size=500))
+        tasks = self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=query,
+                                                               page_size=500)))
         return _split(tasks)[0], [task.id for task in tasks]
 
+    def project(self, project: int, fresh: bool = False):
+        """The project's settings, read once per API object (a training run builds one): the run's
+        publish and review read model_version and sampling from the same answer."""
+        if fresh or int(project) not in self._projects:
+            self._projects[int(project)] = self._read(lambda: self.client.projects.get(id=int(project)))
+        return self._projects[int(project)]
+
     def project_model_version(self, project: int) -> str | None:
-        return getattr(self.client.projects.get(id=int(project)), "model_version", None) or None
+        return getattr(self.project(project), "model_version", None) or None
 
     def ml_backends(self, project: int) -> list[dict]:
         """The project's ML backends: [{"id", "title", "url", "model_version"}] (model_version: what its
@@ -124,32 +138,39 @@ class LabelStudioAPI:
 
     def create_prediction(self, row: dict) -> int:
         """One prediction (task, result, score, model_version); returns its id."""
-        return int(self._request("POST", "/api/predictions/", json=row).json()["id"])
+        return int(self._request("POST", "/api/predictions/", json=row, kind="create").json()["id"])
 
     def update_prediction(self, prediction_id: int, row: dict) -> None:
         """Replace one prediction's result, score and model version in place."""
         self._request("PATCH", f"/api/predictions/{int(prediction_id)}/",
-                      json={k: row[k] for k in ("task", "result", "score", "model_version") if k in row})
+                      json={k: row[k] for k in ("task", "result", "score", "model_version") if k in row}, kind="update")
 
     def delete_predictions(self, prediction_ids: list[int]) -> int:
         """Delete predictions one by one (Label Studio has no bulk delete by id); returns how many went."""
         deleted = 0
         for prediction_id in prediction_ids:
             try:
-                self._request("DELETE", f"/api/predictions/{int(prediction_id)}/")
+                self._request("DELETE", f"/api/predictions/{int(prediction_id)}/", kind="delete")
                 deleted += 1
             except requests.HTTPError as exc:
                 if exc.response is None or exc.response.status_code != 404:  # 404: gone already
                     raise
         return deleted
 
-    def push_predictions(self, project: int, predictions: list[dict], chunk: int = 1000) -> int:
-        for start in range(0, len(predictions), chunk):
-            self.client.projects.import_predictions(id=int(project), request=predictions[start:start + chunk])
+    def push_predictions(self, project: int, predictions: list[dict]) -> int:
+        """Import prediction rows in chunks sized by time (pacing.Pacer.rows_for): each import holds Label
+        Studio's database for about CHUNK_TARGET_S, and background imports leave gaps between them."""
+        start = 0
+        while start < len(predictions):
+            chunk = predictions[start:start + self.pacer.rows_for("import")]
+            self.pacer.call(lambda rows=chunk: self.client.projects.import_predictions(id=int(project), request=rows),
+                            kind="import", rows=len(chunk))
+            start += len(chunk)
         return len(predictions)
 
     def set_model_version(self, project: int, model_version: str) -> None:
-        self.client.projects.update(id=int(project), model_version=model_version)
+        self.pacer.call(lambda: self.client.projects.update(id=int(project), model_version=model_version))
+        self._remember(project, "model_version", model_version)
 
     def tasks_with_prediction(self, project: int, task_ids: list[int], model_version: str) -> set[int]:
         """Which of these tasks hold a prediction of this model version (one listing of just them)."""
@@ -161,7 +182,8 @@ class LabelStudioAPI:
         ids = [int(t) for t in task_ids]
         for start in range(0, len(ids), IDS_PER_QUERY):  # the ids travel in the URL: keep it short
             selected = json.dumps({"selectedItems": {"all": False, "included": ids[start:start + IDS_PER_QUERY]}})
-            yield from self.client.tasks.list(project=int(project), fields="all", query=selected, page_size=500)
+            yield from self._read(lambda query=selected: list(self.client.tasks.list(
+                project=int(project), fields="all", query=query, page_size=500)))
 
     def model_versions(self, project: int) -> dict[str, int]:
         """{model_version: number of predictions} of the project's predictions."""
@@ -179,32 +201,46 @@ class LabelStudioAPI:
             self.set_model_version(project, shown)
         return int(answer.get("deleted_predictions", 0)) if isinstance(answer, dict) else 0
 
-    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
-        try:
-            headers = self._auth.headers()
-        except AuthError as exc:
-            raise RuntimeError(f"Label Studio API: {exc}") from None
-        resp = requests.request(method, self._url + path, headers=headers, timeout=self._timeout, **kwargs)
-        resp.raise_for_status()
-        return resp
+    def _request(self, method: str, path: str, kind: str | None = None, **kwargs) -> requests.Response:
+        def send() -> requests.Response:
+            try:
+                headers = self._auth.headers()
+            except AuthError as exc:
+                raise RuntimeError(f"Label Studio API: {exc}") from None
+            resp = requests.request(method, self._url + path, headers=headers, timeout=self._timeout, **kwargs)
+            resp.raise_for_status()
+            return resp
+
+        return self.pacer.call(send, write=method != "GET", kind=kind)
+
+    def _read(self, fn):
+        return self.pacer.call(fn, write=False)
 
     def sampling(self, project: int) -> str | None:
-        return getattr(self.client.projects.get(id=int(project)), "sampling", None)
+        return getattr(self.project(project), "sampling", None)
 
     def set_sampling(self, project: int, sampling: str) -> None:
-        self.client.projects.update(id=int(project), sampling=sampling)
+        self.pacer.call(lambda: self.client.projects.update(id=int(project), sampling=sampling))
+        self._remember(project, "sampling", sampling)
+
+    def _remember(self, project: int, field: str, value) -> None:
+        """Keep the project read by this object true after our own change (or forget it)."""
+        try:  # the SDK's project is a frozen pydantic model: a copy with the change
+            self._projects[int(project)] = self._projects[int(project)].model_copy(update={field: value})
+        except Exception:  # not read yet, or not a pydantic model: the next use reads it again
+            self._projects.pop(int(project), None)
 
     def ensure_view(self, project: int, title: str, ordering: list[str], filters: dict | None = None) -> str:
         """A Data Manager tab with this title, ordered as given; created once, left alone after
         (the user may edit it). Returns "created" or "exists"."""
-        for view in self.client.views.list(project=int(project)):
+        for view in self._read(lambda: self.client.views.list(project=int(project))):
             data = view.data if isinstance(view.data, dict) else {}
             if data.get("title") == title:
                 return "exists"
         data = {"title": title, "ordering": ordering}
         if filters:
             data["filters"] = filters
-        self.client.views.create(project=int(project), data=data)
+        self.pacer.call(lambda: self.client.views.create(project=int(project), data=data))
         return "created"
 
 

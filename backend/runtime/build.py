@@ -32,7 +32,8 @@ def build_runtime(settings: Settings, preannotation: bool = True) -> Runtime:
     factory = ModelFactory(settings, SharedStore(settings), versions, connections)
     cache = ModelCache(factory.build, settings.max_project_models, settings.project_model_idle_s)
     models = ProjectModels(cache, log, WarmUps())
-    preannotator = PreAnnotator(models, connections) if preannotation else None
+    preannotator = PreAnnotator(models, connections, sweep_predictions=settings.sweep_predictions) \
+        if preannotation else None
     loop = TrainingLoop(log, models, connections, sweeper=preannotator)
     scheduler = RedisScheduler(loop, settings) if settings.redis_url else ThreadScheduler(loop)
     return Runtime(settings, log, versions, connections, factory, models, scheduler, preannotator)

@@ -1,6 +1,8 @@
 """Background pre-annotation in this process: newly imported tasks (TASKS_CREATED), the part of a
 "Retrieve predictions" batch that did not fit in Label Studio's ML timeout, and the sweep for tasks not
-embedded yet that a training run asks for after a full reconcile.
+embedded yet that a training run asks for after a full reconcile (embedded only, unless
+SWEEP_PREDICTIONS=true). Its Label Studio requests are background work (labelstudio.pacing): paced,
+behind a training run's batch.
 
 One worker thread takes jobs in order, so background work never competes with itself for the
 encoder; tasks that already hold a prediction of the serving version when their chunk is imported
@@ -17,6 +19,7 @@ from collections import Counter, defaultdict
 
 from ..flows.preannotate import preannotate, unembedded_tasks
 from ..flows.publish import push_new
+from ..labelstudio.pacing import background
 from ..labelstudio.protocol import task_id
 from .connections import Connections
 from .models import ProjectModels
@@ -32,8 +35,10 @@ class PreAnnotator:
     """The work lives in memory: tasks still pending at a restart are pre-annotated again the next
     time Label Studio asks (on open, "Retrieve predictions") or imports them."""
 
-    def __init__(self, models: ProjectModels, connections: Connections, max_pending: int = MAX_PENDING):
+    def __init__(self, models: ProjectModels, connections: Connections, max_pending: int = MAX_PENDING,
+                 sweep_predictions: bool = False):
         self.models = models
+        self.sweep_predictions = sweep_predictions  # the sweep imports predictions too (SWEEP_PREDICTIONS)
         self.connections = connections
         self.max_pending = max_pending
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -92,6 +97,10 @@ class PreAnnotator:
             self._worker.join(timeout_s)
 
     def _work(self) -> None:
+        with background():
+            self._take_jobs()
+
+    def _take_jobs(self) -> None:
         while not self._stopping.is_set():
             job = self._jobs.get()
             if job is None:
@@ -102,10 +111,11 @@ class PreAnnotator:
             else:
                 self._run_pending(project, label_config, tasks)
 
-    def _run_pending(self, project: str, label_config: str | None, tasks: list) -> None:
-        """Pre-annotate tasks already marked pending; they stop being pending however it ends."""
+    def _run_pending(self, project: str, label_config: str | None, tasks: list, push: bool = True) -> None:
+        """Pre-annotate tasks already marked pending (``push``: import their predictions too); they stop
+        being pending however it ends."""
         try:
-            self._run(project, label_config, tasks)
+            self._run(project, label_config, tasks, push)
         finally:
             with self._lock:
                 self._pending.difference_update((project, t["id"]) for t in tasks)
@@ -124,7 +134,7 @@ class PreAnnotator:
                     fresh = [t for t in missing if (project, t["id"]) not in self._pending]
                     self._pending.update((project, t["id"]) for t in fresh)
                     self.progress[project]["queued"] += len(fresh)
-                self._run_pending(project, label_config, fresh)
+                self._run_pending(project, label_config, fresh, push=self.sweep_predictions)
                 swept += len(fresh)
         except Exception:  # the next full reconcile sweeps again; tasks opened meanwhile are predicted live
             logger.exception("project %s: the sweep for tasks not embedded yet failed", project)
@@ -133,7 +143,7 @@ class PreAnnotator:
                 self._sweeps.discard(project)
             logger.info("project %s: sweep done: %d tasks were not embedded yet", project, swept)
 
-    def _run(self, project: str, label_config: str | None, tasks: list) -> None:
+    def _run(self, project: str, label_config: str | None, tasks: list, push_wanted: bool = True) -> None:
         try:
             model = self.models.get(project, label_config)
             api = self.connections.api(project)
@@ -141,14 +151,14 @@ class PreAnnotator:
             self._count(project, "failed", len(tasks))
             logger.exception("project %s: cannot pre-annotate %d tasks", project, len(tasks))
             return
-        if api is None:
+        if api is None and push_wanted:
             logger.warning("project %s: Label Studio unknown (no LABEL_STUDIO_URL/API key, no /setup): "
                            "embedding %d tasks without importing predictions", project, len(tasks))
 
         def push(rows: list[dict]) -> int:  # rows carry the version they were predicted with
             return len(push_new(api, project, rows, rows[0]["model_version"])[0])
 
-        preannotate(model, tasks, push if api is not None else None,
+        preannotate(model, tasks, push if api is not None and push_wanted else None,
                     lambda what, n: self._count(project, what, n), stop=self._stopping.is_set)
         logger.info("project %s: pre-annotated %d tasks in the background", project, len(tasks))
 

@@ -142,8 +142,14 @@ class ProjectState:
         except (ValueError, TypeError):
             return 0.0
 
-    def mark_review_shown(self, at: float) -> Path:
-        return atomic_write_text(self._path("review_shown"), json.dumps({"at": at}))
+    def mark_review_shown(self, at: float, shown: list | None = None) -> Path:
+        """``shown``: what the tab shows now (flows/review.py compares it to skip rewriting the same)."""
+        return atomic_write_text(self._path("review_shown"), json.dumps({"at": at, "shown": shown}))
+
+    def review_shown(self) -> list | None:
+        """What the review tab was last written with (None: unknown)."""
+        shown = self._document("review_shown").get("shown")
+        return shown if isinstance(shown, list) else None
 
     def _document(self, name: str) -> dict:
         """A small JSON document ({} when there is none yet)."""

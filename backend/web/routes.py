@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..flows.predict import predict_in_time
 from ..flows.record import record_event
 from ..flows.search import SearchError, search as search_tasks
+from ..labelstudio.pacing import pacing_status
 from ..labelstudio.protocol import TASKS_CREATED, IgnoredEvent, parse_webhook, project_id
 from ..learn.result import TrainingResult
 from ..model import ClipClassifier
@@ -206,5 +207,6 @@ def metrics_exposition():
 def status():
     runtime = _runtime()
     return jsonify({**_metrics().snapshot(), "process": {"pid": os.getpid(), "serving": runtime.serving()},
-                    "training": runtime.scheduler.status(), "preannotation": runtime.preannotator.status()})
+                    "training": runtime.scheduler.status(), "preannotation": runtime.preannotator.status(),
+                    "label_studio": pacing_status()})  # per Label Studio URL: retries, backoffs, chunk sizes
 

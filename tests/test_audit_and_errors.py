@@ -214,13 +214,37 @@ def test_confident_issues_counts_the_confident_joint_and_ranks_by_margin():
     proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.4, 0.6],  # labeled 0: items 2 and 3 look like 1s
                       [0.1, 0.9], [0.2, 0.8], [0.45, 0.55]])  # labeled 1: the last is unsure, not wrong
     y = np.array([0, 0, 0, 0, 1, 1, 1])
-    ranked, suggested, score = confident_issues(proba, y)
+    ranked, suggested, score = confident_issues(proba, y, target=None)
     # thresholds: 0.575 for class 0, 0.75 for class 1; only item 2 clears class 1's, so one label is
     # wrong, and item 2 has the widest margin (item 3 is suspicious but not confidently a 1)
     assert ranked.tolist() == [2]
     assert suggested[2] == 1 and score[2] == pytest.approx(0.6) and score[3] == pytest.approx(0.2)
     assert score[6] < 0  # its given label is the more probable one: never flagged
-    assert confident_issues(proba, y, checkable=np.arange(7) != 2)[0].tolist() == []
+    assert confident_issues(proba, y, checkable=np.arange(7) != 2, target=None)[0].tolist() == []
+    # seven items cannot vouch for the flag's precision: the held-out check of injected errors keeps it out
+    assert confident_issues(proba, y)[0].tolist() == []
+
+
+def test_the_flagged_list_is_cut_where_injected_errors_say_it_stops_being_precise():
+    """A weak head (many correct labels it disagrees with, by small margins) and a few obviously wrong
+    labels: confident learning's count flags far more than are wrong; the calibrated cut keeps the
+    obvious ones, most suspicious first."""
+    rng = np.random.default_rng(3)
+    n, wrong = 400, np.arange(0, 400, 25)  # 16 wrong labels of 400
+    y = rng.integers(0, 2, n)
+    p_true = np.clip(rng.normal(0.72, 0.2, n), 0.3, 0.99)  # a weak head: p of the true class
+    p_true[wrong] = rng.uniform(0.9, 0.99, len(wrong))  # the wrong labels are of obvious items
+    proba = np.zeros((n, 2))
+    proba[np.arange(n), y] = p_true
+    proba[np.arange(n), 1 - y] = 1 - p_true
+    given = y.copy()
+    given[wrong] = 1 - y[wrong]
+    loose = confident_issues(proba, given, target=None)[0]
+    cut, _, score = confident_issues(proba, given)
+    assert len(loose) > 2 * len(wrong)  # the confident joint flags many correct labels
+    precision = np.isin(cut, wrong).mean()
+    assert precision >= 0.7 and np.isin(wrong, cut).mean() >= 0.6
+    assert cut.tolist() == loose[:len(cut)].tolist()  # a prefix of the same ranking
 
 
 def test_train_and_select_reports_label_errors_on_all_items_audit_included(tmp_path):

@@ -112,8 +112,10 @@ def precise_cut(proba: np.ndarray, y: np.ndarray, checkable: np.ndarray, ranked_
     other classes, half in proportion to the head's probabilities: the confusions annotators make), scored
     on its own out-of-fold row, which never saw its label. At a cut t: recall(t) = share of injected
     labels scoring >= t, flagged(t) = share of all labels scoring >= t, and the share of wrong labels pi
-    is the smaller of confident learning's estimate and min flagged(t) / recall(t) (wrong labels alone
-    cannot outnumber what scores above t); precision(t) = pi x recall(t) / flagged(t)."""
+    is bounded by min flagged(t) / recall(t) (wrong labels alone cannot outnumber what scores above t;
+    confident learning's ``wrong_share`` only where too few injected labels score that high: it
+    underestimates with a good head and overestimates with a weak one); precision(t) = pi x recall(t) /
+    flagged(t)."""
     idx = np.flatnonzero(checkable)
     n, K = len(idx), proba.shape[1]
     if not len(ranked_scores) or n == 0 or K < 2:
@@ -135,7 +137,7 @@ def precise_cut(proba: np.ndarray, y: np.ndarray, checkable: np.ndarray, ranked_
     recall = 1.0 - np.searchsorted(injected, ranked_scores, side="left") / len(injected)
     flagged = np.arange(1, len(ranked_scores) + 1) / n
     usable = recall >= 0.25  # the tail beyond is too thin to bound the share of wrong labels
-    pi = min(wrong_share, float(np.min(flagged[usable] / recall[usable]))) if usable.any() else wrong_share
+    pi = float(np.min(flagged[usable] / recall[usable])) if usable.any() else wrong_share
     precise = np.flatnonzero(pi * recall / flagged >= target)
     return int(precise.max() + 1) if len(precise) else 0
 

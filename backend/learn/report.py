@@ -163,8 +163,8 @@ def _summary(report: dict) -> list[tuple[str, str]]:
         ("selection", f"{report.get('selection')} on {report.get('selection_metric')} — {report.get('selection_reason')}"),
         ("labeled items", f"{counts.get('total')} (train {counts.get('train')}, {name} {counts.get('test')}); "
                           f"the chosen head is fitted on {report.get('refit_on')}"),
-        (f"{name} accuracy (95% CI)", f"{_interval(headline)} — {headline['message']} "
-                                      f"(zero-shot {_fmt(zs.get('accuracy'))})"),
+        (f"{name} accuracy (95% CI)", f"{_interval(headline)} — {headline['message']} (zero-shot "
+                                      + f"{_fmt(zs.get('accuracy'))})"),
         (f"{name} macro F1", f"{_fmt(test.get('macro_f1'))} (zero-shot {_fmt(zs.get('macro_f1'))})"),
         (f"{name} ROC-AUC (macro OvR)", f"{_fmt(test.get('roc_auc'))}{auc_note}"),
         (f"{name} ECE (10 bins)", _fmt(test.get("ece"))),

@@ -164,6 +164,13 @@ def _audit_candidates(candidates: list[Head], results: list[dict], data: Labeled
             entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
 
 
+def _honest_test_accuracy(report: dict) -> None:
+    """The test accuracy never without its 95% interval and the message saying whether to trust it."""
+    headline = accuracy_headline(report)
+    report["test"].update(accuracy_low=headline["low"], accuracy_high=headline["high"],
+                          accuracy_message=headline["message"])
+
+
 def _label_errors(winner: Head, winner_scores: CVScores | None, data: LabeledData, plan: CVPlan, task_ids) -> dict:
     """Suspected label errors among all labeled items (audit annotations can be wrong too), from
     probabilities that never saw the item's own label: the selection's out-of-fold ones for training
@@ -267,9 +274,7 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
                                             data.multiple)
             report["audit"]["share"] = effective_share(report["audit"]["n"], report["counts"]["total"])
             _audit_candidates(candidates, results, data)
-        headline = accuracy_headline(report)  # the test accuracy never without its interval and message
-        report["test"].update(accuracy_low=headline["low"], accuracy_high=headline["high"],
-                              accuracy_message=headline["message"])
+        _honest_test_accuracy(report)
         if label_review:
             winner_scores = scores[best_i]
             if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):

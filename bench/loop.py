@@ -739,6 +739,7 @@ def run(args) -> dict:
                            "failures": status["training"].get("failures"),
                            "last_error": status["training"].get("last_error")}
         labeled = {a["task"] for a in annotator.done}
+        result["final"]["audit_share"] = audit_share(Path(env["MODEL_DIR"]), project, labeled, args.pace)
         first_id = imported["first_id"]
         rng = random.Random(args.seed)
         pool = [i for i in rng.sample(range(args.n), min(args.n, 2 * args.sample + len(labeled)))
@@ -787,6 +788,15 @@ def run(args) -> dict:
     return result
 
 
+def audit_share(model_dir: Path, project: int, labeled: set[int], pace: float) -> dict:
+    """The audit items among the annotator's labels (the draws the backend remembers), at this pace."""
+    path = model_dir / "rankings" / f"{project}.audit.json"
+    draws = set(json.loads(path.read_text())) if path.exists() else set()
+    n = len(draws & labeled)
+    return {"audit": n, "labels": len(labeled), "share": round(n / len(labeled), 4) if labeled else None,
+            "pace_s": pace, "text": f"{n} audit items of {len(labeled)} labels at {pace:g} s a label"}
+
+
 def targets(result: dict) -> dict:
     s = result.get("summary", {})
     queue = s.get("queue_s", {})
@@ -819,6 +829,7 @@ def table(result: dict) -> str:
                      f"{(t.get('bytes_out', 0) + t.get('bytes_in', 0)) / 1024:>5.0f}")
     lines.append(f"annotator: {result.get('annotations')} annotations, {result.get('annotator_5xx')} answers 5xx")
     lines.append(json.dumps(result.get("summary"), indent=1))
+    lines.append("audit share: " + str((result.get("final") or {}).get("audit_share", {}).get("text")))
     lines.append(json.dumps(result.get("targets"), indent=1))
     return "\n".join(lines)
 

@@ -214,13 +214,39 @@ def test_confident_issues_counts_the_confident_joint_and_ranks_by_margin():
     proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.4, 0.6],  # labeled 0: items 2 and 3 look like 1s
                       [0.1, 0.9], [0.2, 0.8], [0.45, 0.55]])  # labeled 1: the last is unsure, not wrong
     y = np.array([0, 0, 0, 0, 1, 1, 1])
-    ranked, suggested, score = confident_issues(proba, y)
+    ranked, suggested, score = confident_issues(proba, y, target=None)
     # thresholds: 0.575 for class 0, 0.75 for class 1; only item 2 clears class 1's, so one label is
     # wrong, and item 2 has the widest margin (item 3 is suspicious but not confidently a 1)
     assert ranked.tolist() == [2]
     assert suggested[2] == 1 and score[2] == pytest.approx(0.6) and score[3] == pytest.approx(0.2)
     assert score[6] < 0  # its given label is the more probable one: never flagged
-    assert confident_issues(proba, y, checkable=np.arange(7) != 2)[0].tolist() == []
+    assert confident_issues(proba, y, checkable=np.arange(7) != 2, target=None)[0].tolist() == []
+    assert confident_issues(proba, y)[0].tolist() == [2]  # the held-out check vouches for it
+
+
+def test_the_flagged_list_is_cut_where_injected_errors_say_it_stops_being_precise():
+    """A weak head (it gives the true class p ~ Beta(4, 1.5): often under 0.5) and 30 wrong labels of 400
+    on random items: confident learning's count flags many correct labels; the calibrated cut keeps a
+    prefix of the same ranking whose precision is near the target, most suspicious first."""
+    loose_hits, cut_hits, cut_sizes = [], [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        n, wrong = 400, rng.choice(400, 30, replace=False)
+        y = rng.integers(0, 2, n)
+        p_true = rng.beta(4, 1.5, n)
+        proba = np.zeros((n, 2))
+        proba[np.arange(n), y], proba[np.arange(n), 1 - y] = p_true, 1 - p_true
+        given = y.copy()
+        given[wrong] = 1 - y[wrong]
+        loose = confident_issues(proba, given, target=None)[0]
+        cut = confident_issues(proba, given)[0]
+        assert cut.tolist() == loose[:len(cut)].tolist()  # a prefix of the same ranking
+        loose_hits.append(np.isin(loose, wrong).mean())
+        cut_hits += np.isin(cut, wrong).tolist()
+        cut_sizes.append(len(cut))
+    assert np.mean(loose_hits) < 0.75  # the confident joint's count: a quarter or more are correct labels
+    assert np.mean(cut_hits) >= 0.78 and sum(cut_hits) >= 0.4 * 8 * 30  # precise, and still half the errors
+    assert min(cut_sizes) > 0
 
 
 def test_train_and_select_reports_label_errors_on_all_items_audit_included(tmp_path):

@@ -86,7 +86,8 @@ def publish_batch(api: LabelStudioAPI, model: ClipClassifier, batch: RankedBatch
     deleted = delete_superseded(api, project, batch.version, keep=tag, shown=shows)
     summary = {"model_version": batch.version, "queue_version": tag, "project_version": shows,
                "live": tag != batch.version,
-               "strategy": batch.strategy, "ranked": len(rows), "audit": len(batch.audit), "replaced": replaced,
+               "strategy": batch.strategy, "ranked": len(rows), "audit": len(batch.audit),
+               "audit_share": batch.audit_share, "replaced": replaced,
                "deleted": deleted, "sampled": batch.sampled, "seconds": round(time.perf_counter() - started, 3),
                **changes}
     logger.info("project %s: queue batch published: %s", project, summary)

@@ -10,7 +10,8 @@ For the primary <Choices> tag:
    vector search near the head's class boundaries. Before a trained head (ColdStart) and for the other
    strategies the sample itself is ranked;
 3. audit items (an unbiased test set, see flows/train.py) are drawn uniformly from the unlabeled
-   records and spread through the batch, so annotators cannot tell them apart.
+   records and take their share of the batch's first positions (queue/audit_slots.py): annotators take
+   the top of a batch before the next run replaces it, and cannot tell audit items apart.
 
 Reads O(sample + batch) records, never the whole collection. Pushing the batch is publish.py.
 """
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..learn.audit import effective_share
 from ..model import ChoicesControl, ClipClassifier
+from ..queue.audit_slots import audit_slots, place_audit
 from ..queue.base import QueryContext
 from ..queue.boundary import BoundaryRetrieval
 from ..queue.measures import top2_margin
@@ -35,21 +38,39 @@ class RankedBatch:
     predictions: dict[int, dict] = field(default_factory=dict)  # task id -> prediction, score = priority
     audit: list[int] = field(default_factory=list)  # tasks of the batch in the audit sample
     sampled: int = 0  # unlabeled records read for the statistics
+    audit_share: dict | None = None  # audit items among the labels so far (audit_slots.effective_share)
 
 
 def next_batch(model: ClipClassifier, labeled: set[int], anchors: dict, audit_wanted: bool = True) -> RankedBatch | None:
-    """The batch a training run publishes: labeled flags synced, the audit items still unlabeled plus
-    fresh draws (while the audit is wanted), the rest ranked by the strategy; the draws are remembered.
+    """The batch a training run publishes: labeled flags synced, audit items (those still unlabeled, then
+    fresh draws while the audit is wanted) at the batch's first slots by the audit share and what the
+    annotators owe (queue/audit_slots.py), the rest ranked by the strategy; the draws are remembered.
     None when no unlabeled task is embedded yet."""
     queue, state = model.queue, model.state
     sync_labeled(model, labeled)
     drawn = state.audit_draws()
     pending = sorted(drawn - labeled)
-    new = max(0, round(queue.batch * queue.audit_share) - len(pending)) if audit_wanted else 0
-    batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample, labeled=labeled)
+    audited = len(drawn & labeled)
+    slots = audit_slots(queue.batch, queue.audit_share, audit_owed(state, len(labeled), audited, queue.audit_share,
+                                                                   audit_wanted), at_least_one=audit_wanted)
+    pending = pending[:len(slots)]
+    new = max(0, len(slots) - len(pending)) if audit_wanted else 0
+    batch = rank_batch(model, queue.batch, queue.strategy, anchors, pending, new, queue.sample, labeled=labeled,
+                       slots=slots)
     if batch is not None:
         state.save_audit_draws(drawn | set(batch.audit))
+        batch.audit_share = effective_share(audited, len(labeled), queue.audit_share)
     return batch
+
+
+def audit_owed(state, labels: int, audited: int, share: float, drawing: bool) -> float:
+    """Audit items the annotators owe: share x labels since the audit started (or resumed) - audit items
+    labeled since. While the audit is not drawing, the origin follows the labels, so nothing is owed."""
+    origin = state.audit_origin()
+    if origin is None or not drawing:
+        state.save_audit_origin(labels, audited)
+        return 0.0
+    return share * (labels - origin[0]) - (audited - origin[1])
 
 
 def sync_labeled(model: ClipClassifier, labeled_ids: set[int]) -> int:
@@ -68,9 +89,10 @@ def sync_labeled(model: ClipClassifier, labeled_ids: set[int]) -> int:
 
 def rank_batch(model: ClipClassifier, k: int, strategy: str, anchors: dict, audit_pending: list[int],
                audit_new: int, sample_size: int = 4000, seed: int | None = None,
-               labeled: set[int] | None = None) -> RankedBatch | None:
+               labeled: set[int] | None = None, slots: list[int] | None = None) -> RankedBatch | None:
     """The next k tasks to label (including the still unlabeled ``audit_pending`` and ``audit_new``
-    fresh audit draws); None when the store holds no unlabeled record of the primary target.
+    fresh audit draws, at positions ``slots``: by default their share of the batch's first positions);
+    None when the store holds no unlabeled record of the primary target.
     ``anchors``: from_name -> (embeddings, class index) of the labeled items. ``labeled``: the labeled
     task ids, which the vector search then drops itself (faster than Chroma's metadata filter)."""
     rng = np.random.default_rng(seed)
@@ -104,19 +126,15 @@ def rank_batch(model: ClipClassifier, k: int, strategy: str, anchors: dict, audi
         ranked = queue_priorities(sample_ids, [scores], strategy, k_queue, labeled=anchors, seed=int(rng.integers(1 << 30)))
         taken = set(audit)
         picked = [t for t in sorted(ranked, key=ranked.get) if t not in taken][:k_queue]
-    order = _spread(picked, audit)
+    if slots is None:
+        slots = audit_slots(k, len(audit) / k) if audit and k else []
+    order = place_audit(picked, audit, slots)
+    audit = [t for t in audit if t in set(order)]
     priorities = {t: round((i + 1) / (len(order) + 1), 6) for i, t in enumerate(order)}
     name = strategy if trained else "cold_start"
     batch = RankedBatch(model.model_version, name, priorities, audit=audit, sampled=len(sample_ids))
     batch.predictions = _predictions(model, control, order, priorities)
     return batch
-
-
-def _spread(picked: list[int], audit: list[int]) -> list[int]:
-    """The queue's picks in order with the audit items spread evenly among them."""
-    keyed = [((i + 0.5) / max(len(picked), 1), 0, t) for i, t in enumerate(picked)]
-    keyed += [((j + 0.5) / len(audit), 1, t) for j, t in enumerate(audit) if t not in set(picked)]
-    return [t for _, _, t in sorted(keyed)]
 
 
 def _predictions(model: ClipClassifier, control: ChoicesControl, order: list[int],

@@ -1,6 +1,6 @@
 """Training run, stage 4: label-error review inside Label Studio. After a run, the annotations the chosen head most doubts
 (out-of-fold confident learning, backend.learn.label_errors) are shown in a Data Manager tab,
-"Possible label errors", most suspicious first, each with the model's suggested label and its
+"Possible label errors (<count>)", most suspicious first, each with the model's suggested label and its
 confidence as a prediction under "<encoders>/label-review". Annotations are never touched.
 
 A flagged task that someone re-annotates (a webhook for its annotation after it was flagged) counts as
@@ -54,6 +54,11 @@ def show_review(api: LabelStudioAPI, model: ClipClassifier, rows: list[LabeledTa
         return None
 
 
+def review_title(flagged: int) -> str:
+    """The tab's title says how many tasks it holds: "Possible label errors (12)"."""
+    return f"{REVIEW_VIEW} ({flagged})"
+
+
 def review_version(model_version: str) -> str:
     """The model_version of review predictions: named by the encoders, never one of our serving versions."""
     return model_version.split("/", 1)[0] + "/label-review"
@@ -102,8 +107,9 @@ def publish_review(api: LabelStudioAPI, project: str, target: Target, model_vers
     # "contains" takes a list of versions (Label Studio iterates over the value)
     filters = {"conjunction": "and", "items": [{"filter": "filter:tasks:predictions_model_versions",
                                                 "operator": "contains", "type": "List", "value": [version]}]}
-    view = api.ensure_view(int(project), REVIEW_VIEW, ["-tasks:updated_at"], filters)
-    summary = {"flagged": len(flagged), "removed": removed, "written": written, "view": view,
+    title = review_title(len(flagged))
+    view = api.ensure_view(int(project), title, ["-tasks:updated_at"], filters, renames=REVIEW_VIEW)
+    summary = {"flagged": len(flagged), "removed": removed, "written": written, "view": view, "title": title,
                "model_version": version, "shows": shows}
     logger.info("project %s: label review: %s", project, {k: v for k, v in summary.items() if k != "shows"})
     return summary

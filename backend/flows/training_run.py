@@ -103,6 +103,8 @@ def _publish_and_review(run: TrainingRun, model: ClipClassifier, result: RunResu
     with _phase(result, "publish"):
         result.ranking = publish_queue(run.api, model, {t.task_id for t in rows}, anchors,
                                        audit_wanted(first.audit, model.queue.audit_half_width))
+    if result.ranking is not None:  # /status shows it: the accuracy with its interval and its message
+        result.ranking["accuracy"] = first.accuracy
     if review_due(run.log, model.state, generation):
         with _phase(result, "review"):
             primary = trained.get(model.primary.from_name)

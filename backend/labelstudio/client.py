@@ -230,13 +230,20 @@ class LabelStudioAPI:
         except Exception:  # not read yet, or not a pydantic model: the next use reads it again
             self._projects.pop(int(project), None)
 
-    def ensure_view(self, project: int, title: str, ordering: list[str], filters: dict | None = None) -> str:
+    def ensure_view(self, project: int, title: str, ordering: list[str], filters: dict | None = None,
+                    renames: str | None = None) -> str:
         """A Data Manager tab with this title, ordered as given; created once, left alone after
-        (the user may edit it). Returns "created" or "exists"."""
+        (the user may edit it). ``renames``: a title prefix: a tab whose title starts with it (a count in
+        the title that changed) is renamed to ``title``, nothing else changed. Returns "created", "exists"
+        or "renamed"."""
         for view in self._read(lambda: self.client.views.list(project=int(project))):
             data = view.data if isinstance(view.data, dict) else {}
             if data.get("title") == title:
                 return "exists"
+            if renames and str(data.get("title") or "").startswith(renames):
+                self.pacer.call(lambda: self.client.views.update(str(view.id), project=int(project),
+                                                                  data={**data, "title": title}))
+                return "renamed"
         data = {"title": title, "ordering": ordering}
         if filters:
             data["filters"] = filters

@@ -6,7 +6,10 @@ interval, and the summary says plainly when the sample is still too small to tru
 
 - audit_size_for(half_width, accuracy): items needed for a Wilson interval of +/- half_width;
 - audit_wanted(audit, half_width): whether a report's audit set still needs more items;
-- audit_summary(head, zero_shot, X, Y, label_names, multiple): the report's "audit" section.
+- audit_summary(head, zero_shot, X, Y, label_names, multiple): the report's "audit" section;
+- effective_share(audit_labeled, labels, share): how many of the labels are audit items, in words;
+- accuracy_headline(report): a report's accuracy with its interval and its "too small" message, for
+  every place that shows one (report page, /reports, /status).
 """
 from __future__ import annotations
 
@@ -123,3 +126,33 @@ def accuracy_on(head, X: np.ndarray, Y: np.ndarray, multiple: bool) -> dict:
     else:
         correct = proba.argmax(axis=1) == np.asarray(Y)
     return proportion(int(correct.sum()), len(X)).as_dict()
+
+
+def effective_share(audit_labeled: int, labels: int, share: float | None = None) -> dict:
+    """How many of the labels are audit items: {"audit": n, "labels": m, "share": n/m, "target": share,
+    "text": "n audit items of m labels, p%"}."""
+    value = audit_labeled / labels if labels else None
+    percent = "–" if value is None else f"{value * 100:.1f}%"
+    return {"audit": int(audit_labeled), "labels": int(labels), "share": None if value is None else round(value, 4),
+            "target": share, "text": f"{audit_labeled} audit items of {labels} labels, {percent}"}
+
+
+def accuracy_headline(report: dict | None) -> dict:
+    """The accuracy a report stands for, never without its 95% interval and a message saying whether to
+    trust it: the audit sample's (value, low, high, n, enough, message) or, without an audit set, the
+    hash split's, marked biased."""
+    report = report or {}
+    audit = report.get("audit")
+    if isinstance(audit, dict) and isinstance(audit.get("accuracy"), dict):
+        acc = audit["accuracy"]
+        return {"value": acc.get("value"), "low": acc.get("low"), "high": acc.get("high"), "n": acc.get("n"),
+                "test_set": "audit sample", "enough": bool(audit.get("enough")), "message": audit.get("message")}
+    test = report.get("test") or {}
+    n = int(test.get("n") or 0)
+    value = test.get("accuracy")
+    est = proportion(round(value * n), n) if value is not None and n else proportion(0, 0)
+    message = ("no test items yet" if not n else
+               f"hash split of {n} actively chosen items: biased (usually low), too small to trust on its own "
+               f"(95% CI {est.low:.2f}-{est.high:.2f})")
+    return {"value": est.value, "low": est.low, "high": est.high, "n": n, "test_set": "hash split", "enough": False,
+            "message": message}

@@ -13,6 +13,8 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
+from .audit import accuracy_headline
+
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("backend.learn", "templates"),
                                 autoescape=True, keep_trailing_newline=True,
                                 undefined=jinja2.StrictUndefined)
@@ -153,6 +155,7 @@ def _summary(report: dict) -> list[tuple[str, str]]:
     counts = report.get("counts") or {}
     zs = report.get("zero_shot_test") or {}
     name = _test_name(report)
+    headline = accuracy_headline(report)
     auc_note = f" — {test['roc_auc_note']}" if test.get("roc_auc_note") else ""
     rows = [
         ("version", report.get("version")),
@@ -160,7 +163,8 @@ def _summary(report: dict) -> list[tuple[str, str]]:
         ("selection", f"{report.get('selection')} on {report.get('selection_metric')} — {report.get('selection_reason')}"),
         ("labeled items", f"{counts.get('total')} (train {counts.get('train')}, {name} {counts.get('test')}); "
                           f"the chosen head is fitted on {report.get('refit_on')}"),
-        (f"{name} accuracy", f"{_fmt(test.get('accuracy'))} (zero-shot {_fmt(zs.get('accuracy'))})"),
+        (f"{name} accuracy (95% CI)", f"{_interval(headline)} — {headline['message']} (zero-shot "
+                                      + f"{_fmt(zs.get('accuracy'))})"),
         (f"{name} macro F1", f"{_fmt(test.get('macro_f1'))} (zero-shot {_fmt(zs.get('macro_f1'))})"),
         (f"{name} ROC-AUC (macro OvR)", f"{_fmt(test.get('roc_auc'))}{auc_note}"),
         (f"{name} ECE (10 bins)", _fmt(test.get("ece"))),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .audit import accuracy_headline
+
 
 @dataclass(frozen=True)
 class TrainingResult:
@@ -14,6 +16,11 @@ class TrainingResult:
     audit: dict | None  # the audit sample's figures with their intervals (audit.py); None before there is one
     label_errors: list[dict]  # suspected label errors (label_errors.py), most suspicious first
     report: dict = field(repr=False)  # the whole report, as written to report.json
+
+    @property
+    def accuracy(self) -> dict:
+        """The accuracy with its 95% interval and whether to trust it (audit.accuracy_headline)."""
+        return accuracy_headline(self.report)
 
     @classmethod
     def from_report(cls, report: dict) -> "TrainingResult":

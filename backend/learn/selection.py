@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .audit import accuracy_on, audit_summary
+from .audit import accuracy_headline, accuracy_on, audit_summary, effective_share
 from .cross_validation import (SPLITS, CVPlan, CVScores, LabeledData, cv_scores, out_of_fold, plan_cv, prepare,
                                refit, split_of)  # noqa: F401  (split_of is part of this module's interface)
 from .heads import DEFAULT_PRIOR_C, Head, PromptPriorHead, ZeroShotHead, blas_limit, candidate_heads
@@ -164,6 +164,13 @@ def _audit_candidates(candidates: list[Head], results: list[dict], data: Labeled
             entry["audit_accuracy"] = accuracy_on(head, X[te], Y[te], data.multiple)
 
 
+def _honest_test_accuracy(report: dict) -> None:
+    """The test accuracy never without its 95% interval and the message saying whether to trust it."""
+    headline = accuracy_headline(report)
+    report["test"].update(accuracy_low=headline["low"], accuracy_high=headline["high"],
+                          accuracy_message=headline["message"])
+
+
 def _label_errors(winner: Head, winner_scores: CVScores | None, data: LabeledData, plan: CVPlan, task_ids) -> dict:
     """Suspected label errors among all labeled items (audit annotations can be wrong too), from
     probabilities that never saw the item's own label: the selection's out-of-fold ones for training
@@ -265,7 +272,9 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
             te = data.mask("test")
             report["audit"] = audit_summary(winner, candidates[0], data.X[te], data.Y[te], data.label_names,
                                             data.multiple)
+            report["audit"]["share"] = effective_share(report["audit"]["n"], report["counts"]["total"])
             _audit_candidates(candidates, results, data)
+        _honest_test_accuracy(report)
         if label_review:
             winner_scores = scores[best_i]
             if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):

@@ -5,7 +5,7 @@ store, the label-error review's flags, and the marker that the project's samplin
 user's later choice then stands).
 
 Files (each replaced atomically): <project>.json (the ranking), <project>.audit.json, .labeled.json (task
-ids), .review.json, .review_shown.json, <project>.sampling.
+ids), .audit_origin.json, .review.json, .review_shown.json, <project>.sampling.
 """
 from __future__ import annotations
 
@@ -101,6 +101,17 @@ class ProjectState:
 
     def save_audit_draws(self, task_ids) -> Path:
         return self._save_ids("audit", task_ids)
+
+    def audit_origin(self) -> tuple[int, int] | None:
+        """(labels, audit items labeled) when the audit started drawing or last resumed; None: not yet."""
+        raw = self._document("audit_origin")
+        try:
+            return (int(raw["labels"]), int(raw["audit"])) if raw else None
+        except (KeyError, ValueError, TypeError):
+            return None
+
+    def save_audit_origin(self, labels: int, audited: int) -> Path:
+        return atomic_write_text(self._path("audit_origin"), json.dumps({"labels": int(labels), "audit": int(audited)}))
 
     def labeled_flags(self) -> set[int]:
         return self._ids("labeled")

@@ -170,7 +170,7 @@ def reports_list():
             listing.append({
                 "project": project, "version": version.name, "number": version.number,
                 "created_at": version.meta.get("created_at"), "labels": version.meta.get("labels"),
-                "head": result.head, "test_accuracy": result.test_accuracy,
+                "head": result.head, "test_accuracy": result.test_accuracy, "accuracy": result.accuracy,
                 "url": f"/reports/{version.number}?project={project}",
             })
     return jsonify({"reports": listing})

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -173,6 +175,39 @@ def test_no_annotation_lost_when_a_worker_is_killed_mid_job(cluster, sms_message
     cluster.workers.remove(victim)
 
 
+def _redis_values(client):
+    """Every value in Redis, as bytes (RQ's job data zlib-decompressed too)."""
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        values = {"string": lambda: [client.get(key)], "hash": lambda: client.hgetall(key).values(),
+                  "list": lambda: client.lrange(key, 0, -1), "set": lambda: client.smembers(key),
+                  "zset": lambda: client.zrange(key, 0, -1)}.get(kind, lambda: [])()
+        for value in values:
+            yield key + b"=" + (value or b"")
+            try:
+                yield zlib.decompress(value)
+            except (zlib.error, TypeError):
+                pass
+
+
+def test_a_setup_token_never_reaches_redis_or_model_dir(cluster, sms_messages):
+    import redis
+
+    token = "setup-secret-" + uuid.uuid4().hex
+    setup = {"project": "34", "schema": SMS_CONFIG, "hostname": f"http://127.0.0.1:{free_port()}",
+             "access_token": token}
+    assert requests.post(cluster.url + "/setup", json=setup, timeout=60).status_code == 200
+    _send(cluster.url, 34, sms_messages[:30])
+    cluster.trained("34", 30)
+    client = redis.Redis.from_url(cluster.env["REDIS_URL"])
+    assert any(b"train_project" in value for value in _redis_values(client))  # the jobs are there, and scanned
+    assert not [v[:80] for v in _redis_values(client) if token.encode() in v]
+    files = [p for p in (cluster.tmp / "models").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if token.encode() in p.read_bytes()]
+    training = cluster.metrics()["training"]  # no LABEL_STUDIO_URL/API_KEY: said, not silently dropped
+    assert training["workers_reach_label_studio"] is False and "LABEL_STUDIO_API_KEY" in training["label_studio_warning"]
+
+
 def test_settings_for_redis_and_chroma_server_are_validated_and_secrets_hidden():
     with pytest.raises(SettingsError, match="REDIS_URL"):
         Settings.from_env({"REDIS_URL": "http://localhost:6379"})
@@ -255,4 +290,48 @@ def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_ret
     assert status["failures"] == {"7": 1} and "label_config" in status["last_error"]["7"]
     assert status["locks"] == {} and not jobs.redis.exists(jobs.key("pending", "7"))
     assert jobs.requeue_stalled() == []  # the watchdog leaves a failed generation alone
+    jobs.queue.empty()
+
+
+def test_non_ascii_project_id_webhook_is_refused_and_creates_nothing(cluster, sms_messages):
+    log = AnnotationLog(cluster.tmp / "models" / "annotations.sqlite3")
+    before = sorted(log.projects_needing_training()), sorted(os.listdir(cluster.tmp / "models"))
+    for shadow in ("\uff11", "\u0661\u0662", "\uff15", "\u216b", "\u00b2"):  # int("１") == 1: another project
+        event = {**_event(1, 0, "spam", sms_messages[0][1]), "action": "START_TRAINING"}
+        event["project"] = {"id": shadow, "label_config": SMS_CONFIG}
+        answer = requests.post(cluster.url + "/webhook", json=event, timeout=5)
+        assert answer.status_code == 400 and "not a Label Studio project id" in answer.text
+    assert (sorted(log.projects_needing_training()), sorted(os.listdir(cluster.tmp / "models"))) == before
+    assert log.generations("1")[0] == 0
+
+
+def test_a_run_that_loses_its_lock_publishes_nothing_and_the_new_holder_trains_once(cluster, tmp_path,
+                                                                                      sms_messages, monkeypatch):
+    from backend.flows import training_run
+    from backend.flows.record import record_event
+    from backend.labelstudio.protocol import parse_webhook
+
+    settings = Settings.from_env({**cluster.env, "RQ_QUEUE": "fence-test", "MODEL_DIR": str(tmp_path)})
+    runtime = build_runtime(settings)
+    jobs, log = runtime.scheduler, runtime.log
+    for i, (label, text) in enumerate(sms_messages[:30]):
+        record_event(log, parse_webhook(_event(41, i, label, text)))
+    select_heads = training_run.select_heads
+
+    def stalled_past_the_ttl(*args, **kwargs):
+        # failure injection: while this worker selects heads, its lock expires and another worker takes it
+        chosen = select_heads(*args, **kwargs)
+        jobs.redis.set(jobs.key("lock", "41"), "other-host:1:x", ex=30)
+        return chosen
+
+    monkeypatch.setattr(training_run, "select_heads", stalled_past_the_ttl)
+    jobs.run_job("41")
+    assert runtime.versions.all("41") == []  # nothing saved, nothing published
+    generation, trained, _ = log.generations("41")
+    assert trained < generation and "LockLost" in jobs.loop.last_error["41"]
+    monkeypatch.setattr(training_run, "select_heads", select_heads)
+    jobs.redis.delete(jobs.key("lock", "41"))  # the other holder is done (it would have trained this snapshot)
+    jobs.run_job("41")
+    versions = runtime.versions.all("41")
+    assert [v.meta["generation"] for v in versions] == [generation]  # exactly one version for the snapshot
     jobs.queue.empty()

@@ -335,3 +335,40 @@ def test_a_run_that_loses_its_lock_publishes_nothing_and_the_new_holder_trains_o
     versions = runtime.versions.all("41")
     assert [v.meta["generation"] for v in versions] == [generation]  # exactly one version for the snapshot
     jobs.queue.empty()
+
+
+def test_two_namespaces_on_one_chroma_server_keep_their_own_embeddings(cluster):
+    import numpy as np
+
+    from backend.embed.store import StoredItem, content_hash
+
+    settings = Settings.from_env(cluster.env)
+    a, c = (open_store(**{**store_kwargs(settings), "namespace": ns}) for ns in ("dep-a", "dep-c"))
+    rng = np.random.default_rng(0)
+    texts = {"a": [f"deployment A's task {i}" for i in range(100)], "c": [f"C: flippin {i}" for i in range(100)]}
+    vectors = {k: rng.normal(size=(100, 8)).astype(np.float32) for k in texts}
+    for store, k in ((a, "a"), (c, "c")):  # same project, same task ids, other data
+        store.put_many("1", "enc", [StoredItem(i, "text", content_hash(t), v)
+                                    for i, (t, v) in enumerate(zip(texts[k], vectors[k]))])
+    for store, k in ((a, "a"), (c, "c")):
+        found = store.get_many("1", "enc", [(i, "text", content_hash(t)) for i, t in enumerate(texts[k])])
+        assert len(found) == 100 and all(np.allclose(found[f"{i}:text"], vectors[k][i]) for i in range(100))
+    # a read for the other deployment's data (the hash of its text) finds nothing to serve
+    assert a.get_many("1", "enc", [(i, "text", content_hash(t)) for i, t in enumerate(texts["c"])]) == {}
+    assert a.unlabeled_index("1", "enc", "text").collection.count() == 100
+
+
+def test_an_existing_collection_is_adopted_once_by_a_new_namespace_without_reembedding(cluster):
+    import numpy as np
+
+    from backend.embed.store import StoredItem, content_hash
+
+    settings = Settings.from_env(cluster.env)
+    legacy = open_store(**store_kwargs(settings))  # CHROMA_NAMESPACE unset: the names of before
+    vectors = np.eye(5, dtype=np.float32)
+    legacy.put_many("36", "enc", [StoredItem(i, "text", content_hash(f"t{i}"), vectors[i]) for i in range(5)])
+    adopted = open_store(**{**store_kwargs(settings), "namespace": "prod"})
+    found = adopted.get_many("36", "enc", [(i, "text", content_hash(f"t{i}")) for i in range(5)])
+    assert sorted(found) == [f"{i}:text" for i in range(5)]  # read back, not embedded again
+    names = {c.name for c in legacy.client.list_collections()}
+    assert collection_name("36", "enc", "prod") in names and collection_name("36", "enc") not in names

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     rq_queue: str = _env("RQ_QUEUE", "clip-backend")
     training_watchdog_s: float = _env("TRAINING_WATCHDOG_S", 10.0, ge=0.1)  # how often dead workers are noticed
     training_lock_ttl_s: float = _env("TRAINING_LOCK_TTL_S", 30.0, ge=1.0)  # a killed worker's lock expires after this
+    # webhook bodies: an annotation event is small; an import (TASKS_CREATED) or a bulk delete may be large
+    webhook_max_bytes: int = _env("WEBHOOK_MAX_BYTES", 2 * 1024 * 1024, ge=1024)
+    webhook_tasks_max_bytes: int = _env("WEBHOOK_TASKS_MAX_BYTES", 64 * 1024 * 1024, ge=1024)
     # encoders
     clip_model: str = _env("CLIP_MODEL", "ViT-B-32")
     clip_pretrained: str = _env("CLIP_PRETRAINED", "laion2b_s34b_b79k")

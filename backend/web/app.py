@@ -18,7 +18,7 @@ from ..runtime.build import build_runtime
 from ..runtime.connections import BindingConflict
 from ..runtime.models import UnknownConfig
 from .auth import authorized
-from .limits import install_request_slots
+from .limits import install_request_slots, install_webhook_limit
 from .metrics import Metrics
 from .routes import BadRequest, api
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api)
     _add_auth_and_timing(app, settings, metrics)
     install_request_slots(app, settings)  # after auth: /predict and /search take a slot, or get a 503
+    install_webhook_limit(app, settings)
     _add_error_handlers(app, metrics)
     resumed = runtime.scheduler.start()  # annotations recorded before a restart are trained on now
     if resumed:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +44,7 @@ class Cluster:
         self.chroma_port = chroma_port
         self.env = backend_env(tmp, WORKERS=2, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                                CHROMA_HOST="127.0.0.1", CHROMA_PORT=chroma_port,
-                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=4)
+                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=4, CHROMA_TIMEOUT=2)
         self.web = BackendProcess(self.env, tmp / "backend.log", free_port())
         self.url = self.web.url
         self.workers: list[subprocess.Popen] = []
@@ -94,6 +95,7 @@ def cluster(tmp_path_factory):
              _start([os.path.join(sys.prefix, "bin", "chroma"), "run", "--path", str(tmp / "chroma"),
                      "--host", "127.0.0.1", "--port", str(chroma_port)], tmp / "chroma.log")]
     cluster = Cluster(tmp, redis_port, chroma_port)
+    cluster.redis, cluster.chroma = procs
     try:
         wait_until(lambda: _up(f"http://127.0.0.1:{chroma_port}/api/v2/heartbeat"), timeout=60)
         for _ in range(2):
@@ -372,3 +374,30 @@ def test_an_existing_collection_is_adopted_once_by_a_new_namespace_without_reemb
     assert sorted(found) == [f"{i}:text" for i in range(5)]  # read back, not embedded again
     names = {c.name for c in legacy.client.list_collections()}
     assert collection_name("36", "enc", "prod") in names and collection_name("36", "enc") not in names
+
+
+def test_a_paused_chroma_server_neither_hangs_predict_nor_holds_the_training_lock(cluster, sms_messages):
+    log = AnnotationLog(cluster.tmp / "models" / "annotations.sqlite3")
+    tasks = [{"id": 5000 + i, "data": {"text": text}} for i, (_, text) in enumerate(sms_messages[100:140])]
+    body = {"tasks": tasks, "project": "38", "label_config": SMS_CONFIG}
+    os.killpg(cluster.chroma.pid, signal.SIGSTOP)  # hung, not down: connections open, nothing answers
+    try:
+        started = time.monotonic()
+        answer = requests.post(cluster.url + "/predict", json=body, timeout=90)
+        elapsed = time.monotonic() - started
+        # served without the cache (or a clear 503) within PREDICT_TIMEOUT, not after the pause
+        assert elapsed < Settings.from_env(cluster.env).predict_timeout_s
+        assert (answer.status_code == 200 and all(answer.json()["results"])) or \
+            (answer.status_code == 503 and "Chroma" in answer.json()["error"])
+        _send(cluster.url, 39, sms_messages[:20])
+
+        def settled():  # trained without the cache, or failed: either way the lock is not held through the pause
+            generation, trained, _ = log.generations("39")
+            training = cluster.metrics()["training"]
+            return (trained == generation or training["failures"].get("39")) and "39" not in training["locks"]
+
+        wait_until(settled, timeout=60)
+    finally:
+        os.killpg(cluster.chroma.pid, signal.SIGCONT)
+    _send(cluster.url, 39, sms_messages[20:30], start=20)
+    cluster.trained("39", 30)  # and training goes on once Chroma answers again

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,15 +65,67 @@ def open_store(*, path: Path | str | None = None, host: str | None = None, port:
         if auth_token:  # Chroma's token provider sends "Authorization: Bearer <token>"
             auth = {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
                     "chroma_client_auth_credentials": auth_token}
-        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chromadb.Settings(**auth))
+        client = _within(timeout_s, lambda: chromadb.HttpClient(host=host, port=port, ssl=ssl,
+                                                                 settings=chromadb.Settings(**auth)))
         if timeout_s:  # chromadb's httpx session waits forever: a paused server would hang every caller
-            client._server._session.timeout = httpx.Timeout(timeout_s)
+            session = client._server._session
+            session.timeout = httpx.Timeout(timeout_s)
+            session.request = _Breaker(session.request, max(2 * timeout_s, 10.0))
         return EmbeddingStore(client, namespace)
     if path is None:
         raise ValueError("open_store needs a path (embedded Chroma) or a host (Chroma server)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     return EmbeddingStore(chromadb.PersistentClient(path=str(path)), namespace)
+
+
+def _within(timeout_s: float | None, make):
+    """make() (which talks to the server) or TimeoutError after timeout_s, e.g. against a paused server."""
+    if not timeout_s:
+        return make()
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = make()
+        except Exception as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="chroma-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise TimeoutError(f"the Chroma server did not answer within {timeout_s} s (CHROMA_TIMEOUT)")
+    return box["value"]
+
+
+class StoreUnavailable(httpx.TransportError):
+    """Chroma timed out or was unreachable moments ago: calls fail at once until ``retry_s`` has passed."""
+
+
+class _Breaker:
+    """The Chroma session's request(): after a timeout or a connection error, every call fails at once for
+    ``retry_s`` (one probe then), so a hung server costs one CHROMA_TIMEOUT, not one per call: /predict goes
+    on without the cache and a training run fails (releasing its lock) instead of waiting on every call."""
+
+    def __init__(self, request, retry_s: float):
+        self._request, self.retry_s = request, retry_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                raise StoreUnavailable("the Chroma server timed out or was unreachable moments ago; "
+                                       f"trying again within {self.retry_s:.0f} s")
+        try:
+            return self._request(*args, **kwargs)
+        except httpx.TransportError:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_s
+            raise
 
 
 class EmbeddingStore:

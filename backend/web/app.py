@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import time
 
+import httpx
+
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -88,6 +90,13 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def _model_unavailable(exc):
         logger.error("%s", exc)
         return jsonify({"error": str(exc)}), 503
+
+    @app.errorhandler(httpx.TransportError)
+    @app.errorhandler(TimeoutError)
+    def _store_unavailable(exc):  # a call to the Chroma server timed out (CHROMA_TIMEOUT) or could not connect
+        logger.warning("%s on %s: %s", type(exc).__name__, request.path, exc)
+        return jsonify({"error": f"the Chroma server did not answer in time ({type(exc).__name__}); "
+                                 "retry shortly"}), 503, {"Retry-After": "10"}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):

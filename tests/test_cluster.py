@@ -401,3 +401,35 @@ def test_a_paused_chroma_server_neither_hangs_predict_nor_holds_the_training_loc
         os.killpg(cluster.chroma.pid, signal.SIGCONT)
     _send(cluster.url, 39, sms_messages[20:30], start=20)
     cluster.trained("39", 30)  # and training goes on once Chroma answers again
+
+
+def test_after_a_redis_restart_the_rq_scheduler_runs_retries_again(cluster, tmp_path):
+    """Last in this module: Redis comes back empty. RQ's scheduler (in a worker) dies with the connection;
+    a job scheduled afterwards must still run, within a few watchdog periods, not RQ's 10 minutes."""
+    from datetime import timedelta
+
+    import redis
+    from rq import Queue
+    from rq.job import Job
+
+    from backend.runtime.redis_jobs import train_project
+
+    port = cluster.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+    _stop(cluster.redis)
+    time.sleep(3)  # the scheduler loop (interval 1 s) meets the closed connection and exits
+    cluster.redis = _start(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no"], cluster.tmp / "redis.log")
+    client = redis.Redis.from_url(cluster.env["REDIS_URL"])
+    wait_until(lambda: _pings(client), timeout=30)
+    queue = Queue("clip-backend", connection=client)
+    job = queue.enqueue_in(timedelta(seconds=1), train_project, "40")  # as RQ's Retry schedules a retry
+    wait_until(lambda: Job.fetch(job.id, connection=client).get_status() == "finished", timeout=90)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False

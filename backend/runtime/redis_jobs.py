@@ -25,7 +25,7 @@ import time
 import uuid
 
 import redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, Worker, get_current_job
 
 from ..config import Settings
 from .connections import Connection
@@ -148,7 +148,7 @@ class RedisScheduler:
         try:
             locks = self.locks()
             return {"mode": "rq", "queue": self.queue.name, "queued": len(self.queue),
-                    "workers": Worker.count(queue=self.queue), "locks": locks,
+                    "workers": len(Worker.all(queue=self.queue)), "locks": locks,  # live ones only
                     "runs": {k: int(v) for k, v in decoded("runs").items()},
                     "failures": {k: int(v) for k, v in decoded("failures").items()},
                     "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0,
@@ -188,7 +188,10 @@ class RedisScheduler:
 
     def _run_locked(self, project: str, lock) -> bool:
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(lock, stop), name=f"lock-{project}", daemon=True)
+        job = get_current_job()  # None outside an RQ worker (tests call run_job directly)
+        worker_key = f"{Worker.redis_worker_namespace_prefix}{job.worker_name}" if job and job.worker_name else None
+        beat = threading.Thread(target=self._heartbeat, args=(lock, stop, worker_key), name=f"lock-{project}",
+                                daemon=True)
         beat.start()
         try:
             return self.loop.run(project, fence=lambda: self._still_held(lock))
@@ -228,12 +231,19 @@ class RedisScheduler:
             raise LockLost("the training lock expired (this worker stalled or lost Redis longer than "
                            "TRAINING_LOCK_TTL_S); stopping before saving or publishing")
 
-    def _heartbeat(self, lock, stop: threading.Event) -> None:
+    def _heartbeat(self, lock, stop: threading.Event, worker_key: str | None = None) -> None:
+        """Renews the lock; and the RQ worker's own key, which RQ sets to live as long as the job may (an
+        hour): a worker killed -9 mid-job then leaves the worker list (/status) within 3 lock TTLs."""
         while not stop.wait(self.ttl / 3):
             try:
                 lock.extend(self.ttl, replace_ttl=True)
             except (redis.RedisError, redis.exceptions.LockError) as exc:
                 logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
+            try:
+                if worker_key:
+                    self.redis.expire(worker_key, int(3 * self.ttl) + 1)
+            except redis.RedisError:
+                pass
 
 
 def train_project(project: str, *_legacy) -> str:

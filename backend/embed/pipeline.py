@@ -61,11 +61,13 @@ def embed_items(
     workers: int = 8,
     progress=None,
     deadline: float | None = None,
+    stall_s: float | None = None,
 ) -> EmbedResult:
     """Embed items, reading and writing the store. progress.update(n) is called as items settle:
     cached ones at once, computed or failed ones batch by batch. ``deadline`` (time.monotonic()): items
     not loaded by then fail with that reason, and their downloads are not waited for (each ends at its own
-    FETCH_DEADLINE in the background); DNS lookups and token refreshes are inside it too."""
+    FETCH_DEADLINE in the background); DNS lookups and token refreshes are inside it too. ``stall_s``: the
+    same once no item has finished loading for that long (every download stalled; encoding does not count)."""
     result = EmbedResult(embeddings=[None] * len(items), errors={})
     todo = _read_cache(items, encoder, store, project, result)
     if progress is not None and result.cached:
@@ -77,7 +79,7 @@ def embed_items(
     writer = _StoreWriter(store, project, encoder.id) if store is not None else None
     prefetch = _Prefetcher(items, encoder, load, workers=min(workers, len(todo)))
     try:
-        _encode_as_ready(prefetch.completed(todo, window, deadline), items, encoder, writer, result, progress)
+        _encode_as_ready(prefetch.completed(todo, window, deadline, stall_s), items, encoder, writer, result, progress)
     finally:
         prefetch.close(wait=not prefetch.cut)  # on interrupt: drop queued work, finish running items
         if writer is not None:
@@ -108,22 +110,26 @@ class _Prefetcher:
             prepared = FetchError(f"{type(exc).__name__}: {exc}")
         self._done.put((index, prepared))
 
-    def completed(self, todo: list[int], window: int,
-                  deadline: float | None = None) -> Iterator[tuple[int, Any, int]]:
+    def completed(self, todo: list[int], window: int, deadline: float | None = None,
+                  stall_s: float | None = None) -> Iterator[tuple[int, Any, int]]:
         """(index, prepared item or FetchError, items still in flight) as items finish: 0 on the last;
-        stops early (``cut``) at the deadline."""
+        stops early (``cut``) at the deadline, or when no item finished loading for ``stall_s``."""
         todo_iter = iter(todo)
-        in_flight = 0
+        in_flight, loaded_at = 0, time.monotonic()  # failures at their FETCH_DEADLINE are not progress
         for index in islice(todo_iter, window):
             self._pool.submit(self._load_and_prepare, index)
             in_flight += 1
         while in_flight:
             try:
-                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-                index, prepared = self._done.get(timeout=wait)
+                now = time.monotonic()
+                waits = [max(0.0, w) for w in (None if deadline is None else deadline - now,
+                                               None if stall_s is None else loaded_at + stall_s - now) if w is not None]
+                index, prepared = self._done.get(timeout=min(waits, default=None))
             except queue.Empty:
                 self.cut = True
                 return
+            if not isinstance(prepared, FetchError):
+                loaded_at = time.monotonic()
             in_flight -= 1
             nxt = next(todo_iter, None)
             if nxt is not None:

@@ -29,7 +29,7 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
     # of FETCH_WORKERS downloads
     stall = getattr(model.fetcher, "deadline_s", None)
     done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin,
-                                 chunk_limit_s=None if stall is None else stall + 1.0)
+                                 stall_s=None if stall is None else stall + 1.0)
     ready = model.predict(tasks[:done], inferred=model.infer_embedded(embedded))
     unserved = [t for t, r in zip(tasks[:done], ready) if not r]  # cut by the deadline (or failed): try again
     return ready + [[] for _ in tasks[done:]], unserved + tasks[done:]
@@ -37,7 +37,7 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
 
 def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = None,
                 progress: Callable[[int], None] | None = None,
-                stop: Callable[[], bool] | None = None, chunk_limit_s: float | None = None) -> tuple[int, dict]:
+                stop: Callable[[], bool] | None = None, stall_s: float | None = None) -> tuple[int, dict]:
     """Embed the tasks in growing chunks until all are done or the next chunk would end after
     ``deadline`` (time.monotonic()). Returns (how many leading tasks are done, their embeddings per
     control as model.embed_tasks gives them), so nothing is fetched or read from the store twice."""
@@ -50,8 +50,7 @@ def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = Non
         if stop is not None and stop():
             break
         started, worked = time.monotonic(), _worked(model)
-        limits = [t for t in (deadline, None if chunk_limit_s is None else started + chunk_limit_s) if t is not None]
-        for name, (indices, vectors) in model.embed_tasks(chunk, deadline=min(limits, default=None)).items():
+        for name, (indices, vectors) in model.embed_tasks(chunk, deadline=deadline, stall_s=stall_s).items():
             embedded[name][0].extend(done + i for i in indices)
             embedded[name][1].extend(vectors)
         # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next

@@ -44,7 +44,7 @@ class Cluster:
         self.chroma_port = chroma_port
         self.env = backend_env(tmp, WORKERS=2, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                                CHROMA_HOST="127.0.0.1", CHROMA_PORT=chroma_port,
-                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=4, CHROMA_TIMEOUT=2)
+                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=10, CHROMA_TIMEOUT=5)
         self.web = BackendProcess(self.env, tmp / "backend.log", free_port())
         self.url = self.web.url
         self.workers: list[subprocess.Popen] = []

@@ -237,6 +237,9 @@ class RedisScheduler:
         while not stop.wait(self.ttl / 3):
             try:
                 lock.extend(self.ttl, replace_ttl=True)
+            except redis.exceptions.LockNotOwnedError:
+                logger.warning("lost the training lock %s: the run stops before it saves or publishes", lock.name)
+                return  # lost for good; the fence stops the run
             except (redis.RedisError, redis.exceptions.LockError) as exc:
                 logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
             try:

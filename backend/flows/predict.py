@@ -50,7 +50,8 @@ def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = Non
         if stop is not None and stop():
             break
         started, worked = time.monotonic(), _worked(model)
-        for name, (indices, vectors) in model.embed_tasks(chunk, deadline=deadline, stall_s=stall_s).items():
+        # a chunk runs to its end (the pre-check above keeps it inside the deadline) unless its loads stall
+        for name, (indices, vectors) in model.embed_tasks(chunk, stall_s=stall_s).items():
             embedded[name][0].extend(done + i for i in indices)
             embedded[name][1].extend(vectors)
         # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next

@@ -64,11 +64,17 @@ class Settings(BaseSettings):
     # "delete" when MODEL_DIR is on a network filesystem shared by hosts
     annotation_log_journal: str = _env("ANNOTATION_LOG_JOURNAL", "wal")
     chroma_auth_token: str | None = _env("CHROMA_AUTH_TOKEN", repr=False)  # sent as a bearer token
+    # prefix of this deployment's Chroma collections: several deployments share one Chroma server safely
+    chroma_namespace: str = _env("CHROMA_NAMESPACE", "")
+    chroma_timeout_s: float = _env("CHROMA_TIMEOUT", 10.0, gt=0)  # every call to a Chroma server
     # training jobs on Redis + RQ; without REDIS_URL training runs in in-process threads
     redis_url: str | None = _env("REDIS_URL", repr=False)  # may hold a password
     rq_queue: str = _env("RQ_QUEUE", "clip-backend")
     training_watchdog_s: float = _env("TRAINING_WATCHDOG_S", 10.0, ge=0.1)  # how often dead workers are noticed
     training_lock_ttl_s: float = _env("TRAINING_LOCK_TTL_S", 30.0, ge=1.0)  # a killed worker's lock expires after this
+    # webhook bodies: an annotation event is small; an import (TASKS_CREATED) or a bulk delete may be large
+    webhook_max_bytes: int = _env("WEBHOOK_MAX_BYTES", 2 * 1024 * 1024, ge=1024)
+    webhook_tasks_max_bytes: int = _env("WEBHOOK_TASKS_MAX_BYTES", 64 * 1024 * 1024, ge=1024)
     # encoders
     clip_model: str = _env("CLIP_MODEL", "ViT-B-32")
     clip_pretrained: str = _env("CLIP_PRETRAINED", "laion2b_s34b_b79k")
@@ -187,6 +193,16 @@ class Settings(BaseSettings):
         if not queue.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"RQ_QUEUE={queue!r} may contain only letters, digits, '-', '_' and '.'")
         return queue
+
+    @field_validator("chroma_namespace", mode="before")
+    @classmethod
+    def _namespace(cls, value: Any) -> str:
+        namespace = str(value or "").strip()
+        if namespace and not (len(namespace) <= 40 and namespace.isascii()
+                              and namespace.replace("-", "").replace("_", "").isalnum()):
+            raise ValueError(f"CHROMA_NAMESPACE={namespace!r} may contain only up to 40 ASCII letters, digits, "
+                             "'-' and '_'")
+        return namespace
 
     @field_validator("clip_pretrained", mode="before")
     @classmethod

@@ -5,6 +5,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -41,7 +44,7 @@ class Cluster:
         self.chroma_port = chroma_port
         self.env = backend_env(tmp, WORKERS=2, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                                CHROMA_HOST="127.0.0.1", CHROMA_PORT=chroma_port,
-                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=4)
+                               TRAINING_WATCHDOG_S=1, TRAINING_LOCK_TTL_S=10, CHROMA_TIMEOUT=5)
         self.web = BackendProcess(self.env, tmp / "backend.log", free_port())
         self.url = self.web.url
         self.workers: list[subprocess.Popen] = []
@@ -92,6 +95,7 @@ def cluster(tmp_path_factory):
              _start([os.path.join(sys.prefix, "bin", "chroma"), "run", "--path", str(tmp / "chroma"),
                      "--host", "127.0.0.1", "--port", str(chroma_port)], tmp / "chroma.log")]
     cluster = Cluster(tmp, redis_port, chroma_port)
+    cluster.redis, cluster.chroma = procs
     try:
         wait_until(lambda: _up(f"http://127.0.0.1:{chroma_port}/api/v2/heartbeat"), timeout=60)
         for _ in range(2):
@@ -171,6 +175,46 @@ def test_no_annotation_lost_when_a_worker_is_killed_mid_job(cluster, sms_message
     final = cluster.trained("33", total)
     assert len(cluster.serving_everywhere("33", final["version"])) == 2
     cluster.workers.remove(victim)
+    # /status no longer counts the killed worker (RQ kept its key as long as the job's hour-long timeout)
+    wait_until(lambda: cluster.metrics()["training"]["workers"] == len(cluster.workers), timeout=60)
+
+
+def _redis_values(client):
+    """Every value in Redis, as bytes (RQ's job data zlib-decompressed too)."""
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        if kind == "string":
+            values = [client.get(key)]
+        elif kind == "hash":
+            values = list(client.hgetall(key).values())
+        elif kind == "list":
+            values = client.lrange(key, 0, -1)
+        else:
+            values = list(client.smembers(key)) if kind == "set" else client.zrange(key, 0, -1) if kind == "zset" else []
+        for value in values:
+            yield key + b"=" + (value or b"")
+            try:
+                yield zlib.decompress(value)
+            except (zlib.error, TypeError):
+                pass
+
+
+def test_a_setup_token_never_reaches_redis_or_model_dir(cluster, sms_messages):
+    import redis
+
+    token = "setup-secret-" + uuid.uuid4().hex
+    setup = {"project": "34", "schema": SMS_CONFIG, "hostname": f"http://127.0.0.1:{free_port()}",
+             "access_token": token}
+    assert requests.post(cluster.url + "/setup", json=setup, timeout=60).status_code == 200
+    _send(cluster.url, 34, sms_messages[:30])
+    cluster.trained("34", 30)
+    client = redis.Redis.from_url(cluster.env["REDIS_URL"])
+    assert any(b"train_project" in value for value in _redis_values(client))  # the jobs are there, and scanned
+    assert not [v[:80] for v in _redis_values(client) if token.encode() in v]
+    files = [p for p in (cluster.tmp / "models").rglob("*") if p.is_file()]
+    assert files and not [p for p in files if token.encode() in p.read_bytes()]
+    training = cluster.metrics()["training"]  # no LABEL_STUDIO_URL/API_KEY: said, not silently dropped
+    assert training["workers_reach_label_studio"] is False and "LABEL_STUDIO_API_KEY" in training["label_studio_warning"]
 
 
 def test_settings_for_redis_and_chroma_server_are_validated_and_secrets_hidden():
@@ -256,3 +300,143 @@ def test_a_job_steps_aside_from_a_held_lock_and_a_failed_run_is_recorded_for_ret
     assert status["locks"] == {} and not jobs.redis.exists(jobs.key("pending", "7"))
     assert jobs.requeue_stalled() == []  # the watchdog leaves a failed generation alone
     jobs.queue.empty()
+
+
+def test_non_ascii_project_id_webhook_is_refused_and_creates_nothing(cluster, sms_messages):
+    log = AnnotationLog(cluster.tmp / "models" / "annotations.sqlite3")
+    before = sorted(log.projects_needing_training()), sorted(os.listdir(cluster.tmp / "models"))
+    for shadow in ("\uff11", "\u0661\u0662", "\uff15", "\u216b", "\u00b2"):  # int("１") == 1: another project
+        event = {**_event(1, 0, "spam", sms_messages[0][1]), "action": "START_TRAINING"}
+        event["project"] = {"id": shadow, "label_config": SMS_CONFIG}
+        answer = requests.post(cluster.url + "/webhook", json=event, timeout=5)
+        assert answer.status_code == 400 and "not a Label Studio project id" in answer.text
+    assert (sorted(log.projects_needing_training()), sorted(os.listdir(cluster.tmp / "models"))) == before
+    assert log.generations("1")[0] == 0
+
+
+def test_a_run_that_loses_its_lock_publishes_nothing_and_the_new_holder_trains_once(cluster, tmp_path,
+                                                                                      sms_messages, monkeypatch):
+    from backend.flows import training_run
+    from backend.flows.record import record_event
+    from backend.labelstudio.protocol import parse_webhook
+
+    settings = Settings.from_env({**cluster.env, "RQ_QUEUE": "fence-test", "MODEL_DIR": str(tmp_path)})
+    runtime = build_runtime(settings)
+    jobs, log = runtime.scheduler, runtime.log
+    for i, (label, text) in enumerate(sms_messages[:30]):
+        record_event(log, parse_webhook(_event(41, i, label, text)))
+    select_heads = training_run.select_heads
+
+    def stalled_past_the_ttl(*args, **kwargs):
+        # failure injection: while this worker selects heads, its lock expires and another worker takes it
+        chosen = select_heads(*args, **kwargs)
+        jobs.redis.set(jobs.key("lock", "41"), "other-host:1:x", ex=30)
+        return chosen
+
+    monkeypatch.setattr(training_run, "select_heads", stalled_past_the_ttl)
+    jobs.run_job("41")
+    assert runtime.versions.all("41") == []  # nothing saved, nothing published
+    generation, trained, _ = log.generations("41")
+    assert trained < generation and "LockLost" in jobs.loop.last_error["41"]
+    monkeypatch.setattr(training_run, "select_heads", select_heads)
+    jobs.redis.delete(jobs.key("lock", "41"))  # the other holder is done (it would have trained this snapshot)
+    jobs.run_job("41")
+    versions = runtime.versions.all("41")
+    assert [v.meta["generation"] for v in versions] == [generation]  # exactly one version for the snapshot
+    jobs.queue.empty()
+
+
+def test_two_namespaces_on_one_chroma_server_keep_their_own_embeddings(cluster):
+    import numpy as np
+
+    from backend.embed.store import StoredItem, content_hash
+
+    settings = Settings.from_env(cluster.env)
+    a, c = (open_store(**{**store_kwargs(settings), "namespace": ns}) for ns in ("dep-a", "dep-c"))
+    rng = np.random.default_rng(0)
+    texts = {"a": [f"deployment A's task {i}" for i in range(100)], "c": [f"C: flippin {i}" for i in range(100)]}
+    vectors = {k: rng.normal(size=(100, 8)).astype(np.float32) for k in texts}
+    for store, k in ((a, "a"), (c, "c")):  # same project, same task ids, other data
+        store.put_many("1", "enc", [StoredItem(i, "text", content_hash(t), v)
+                                    for i, (t, v) in enumerate(zip(texts[k], vectors[k]))])
+    for store, k in ((a, "a"), (c, "c")):
+        found = store.get_many("1", "enc", [(i, "text", content_hash(t)) for i, t in enumerate(texts[k])])
+        assert len(found) == 100 and all(np.allclose(found[f"{i}:text"], vectors[k][i]) for i in range(100))
+    # a read for the other deployment's data (the hash of its text) finds nothing to serve
+    assert a.get_many("1", "enc", [(i, "text", content_hash(t)) for i, t in enumerate(texts["c"])]) == {}
+    assert a.unlabeled_index("1", "enc", "text").collection.count() == 100
+
+
+def test_an_existing_collection_is_adopted_once_by_a_new_namespace_without_reembedding(cluster):
+    import numpy as np
+
+    from backend.embed.store import StoredItem, content_hash
+
+    settings = Settings.from_env(cluster.env)
+    legacy = open_store(**store_kwargs(settings))  # CHROMA_NAMESPACE unset: the names of before
+    vectors = np.eye(5, dtype=np.float32)
+    legacy.put_many("36", "enc", [StoredItem(i, "text", content_hash(f"t{i}"), vectors[i]) for i in range(5)])
+    adopted = open_store(**{**store_kwargs(settings), "namespace": "prod"})
+    found = adopted.get_many("36", "enc", [(i, "text", content_hash(f"t{i}")) for i in range(5)])
+    assert sorted(found) == [f"{i}:text" for i in range(5)]  # read back, not embedded again
+    names = {c.name for c in legacy.client.list_collections()}
+    assert collection_name("36", "enc", "prod") in names and collection_name("36", "enc") not in names
+
+
+def test_a_paused_chroma_server_neither_hangs_predict_nor_holds_the_training_lock(cluster, sms_messages):
+    log = AnnotationLog(cluster.tmp / "models" / "annotations.sqlite3")
+    tasks = [{"id": 5000 + i, "data": {"text": text}} for i, (_, text) in enumerate(sms_messages[100:140])]
+    body = {"tasks": tasks, "project": "38", "label_config": SMS_CONFIG}
+    os.killpg(cluster.chroma.pid, signal.SIGSTOP)  # hung, not down: connections open, nothing answers
+    try:
+        started = time.monotonic()
+        answer = requests.post(cluster.url + "/predict", json=body, timeout=90)
+        elapsed = time.monotonic() - started
+        # served without the cache (or a clear 503) within PREDICT_TIMEOUT, not after the pause
+        assert elapsed < Settings.from_env(cluster.env).predict_timeout_s
+        assert (answer.status_code == 200 and all(answer.json()["results"])) or \
+            (answer.status_code == 503 and "Chroma" in answer.json()["error"])
+        _send(cluster.url, 39, sms_messages[:20])
+
+        def settled():  # trained without the cache, or failed: either way the lock is not held through the pause
+            generation, trained, _ = log.generations("39")
+            training = cluster.metrics()["training"]
+            return (trained == generation or training["failures"].get("39")) and "39" not in training["locks"]
+
+        wait_until(settled, timeout=60)
+    finally:
+        os.killpg(cluster.chroma.pid, signal.SIGCONT)
+    _send(cluster.url, 39, sms_messages[20:30], start=20)
+    cluster.trained("39", 30)  # and training goes on once Chroma answers again
+
+
+def test_after_a_redis_restart_the_rq_scheduler_runs_retries_again(cluster, tmp_path):
+    """Last in this module: Redis comes back empty. RQ's scheduler (in a worker) dies with the connection;
+    a job scheduled afterwards must still run, within a few watchdog periods, not RQ's 10 minutes."""
+    from datetime import timedelta
+
+    import redis
+    from rq import Queue
+    from rq.job import Job
+
+    from backend.runtime.redis_jobs import train_project
+
+    port = cluster.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0]
+    _stop(cluster.redis)
+    time.sleep(3)  # the scheduler loop (interval 1 s) meets the closed connection and exits
+    cluster.redis = _start(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                            "--appendonly", "no"], cluster.tmp / "redis.log")
+    client = redis.Redis.from_url(cluster.env["REDIS_URL"])
+    wait_until(lambda: _pings(client), timeout=30)
+    queue = Queue("clip-backend", connection=client)
+    job = queue.enqueue_in(timedelta(seconds=1), train_project, "40")  # as RQ's Retry schedules a retry
+    wait_until(lambda: Job.fetch(job.id, connection=client).get_status() == "finished", timeout=90)
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False

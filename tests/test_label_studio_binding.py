@@ -80,7 +80,7 @@ def test_connection_rule_pairs_keys_with_their_own_urls(tmp_path):
     connection = key_only.connection("1")
     assert (connection.url, connection.token, connection.source) == ("http://127.0.0.1:9", None, "setup")
     assert key_only.api("1") is None and fetcher_kwargs(key_only.settings, connection)["auth"] is None
-    assert key_only.connections.taught("1") == ("http://127.0.0.1:9", None)  # what an RQ job would carry
+    assert key_only.connections.taught("1") == ("http://127.0.0.1:9", None)  # kept in this process only
     both = build_runtime(Settings.from_env(backend_env(tmp_path / "b", LABEL_STUDIO_URL="http://ls.internal:8080",
                                                   LABEL_STUDIO_API_KEY=ENV_LEGACY_KEY)))
     both.remember("1", None, "http://127.0.0.1:9", SETUP_TOKEN)  # the environment's pair wins, whole

@@ -19,14 +19,17 @@ json_values = st.recursive(
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ("12.1712345678", "12"), ("12", "12"), (12, "12"), (" 7 .x", "7"), ("abc", "abc"), (None, "default"),
-    ("", "default"), ("a" * 64, "a" * 64),
+    ("12.1712345678", "12"), ("12", "12"), (12, "12"), (" 7 .x", "7"), ("007", "7"), (None, "default"),
+    ("", "default"), ("9" * 19, "9" * 19),
 ])
 def test_project_id_accepts_label_studio_forms(raw, expected):
     assert project_id(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["../etc", "a b", "a" * 65, ".5", "1/2", {"id": 1}, [1], "-3", "x;y"])
+@pytest.mark.parametrize("raw", ["../etc", "a b", "a" * 65, ".5", "1/2", {"id": 1}, [1], "-3", "x;y", "abc", True,
+                                 "9" * 20, 1.5,
+                                 # not ASCII: int() reads "１" as 1, so each would shadow another project
+                                 "\uff11", "\u0661\u0662", "\uff15", "\u216b", "\u00b2", "1\u0661"])
 def test_project_id_refuses_anything_else(raw):
     with pytest.raises(ProtocolError, match="is not a Label Studio project id"):
         project_id(raw)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -59,9 +60,14 @@ def embed_items(
     project: str,
     workers: int = 8,
     progress=None,
+    deadline: float | None = None,
+    stall_s: float | None = None,
 ) -> EmbedResult:
     """Embed items, reading and writing the store. progress.update(n) is called as items settle:
-    cached ones at once, computed or failed ones batch by batch."""
+    cached ones at once, computed or failed ones batch by batch. ``deadline`` (time.monotonic()): items
+    not loaded by then fail with that reason, and their downloads are not waited for (each ends at its own
+    FETCH_DEADLINE in the background); DNS lookups and token refreshes are inside it too. ``stall_s``: the
+    same once no item has finished loading for that long (every download stalled; encoding does not count)."""
     result = EmbedResult(embeddings=[None] * len(items), errors={})
     todo = _read_cache(items, encoder, store, project, result)
     if progress is not None and result.cached:
@@ -73,11 +79,14 @@ def embed_items(
     writer = _StoreWriter(store, project, encoder.id) if store is not None else None
     prefetch = _Prefetcher(items, encoder, load, workers=min(workers, len(todo)))
     try:
-        _encode_as_ready(prefetch.completed(todo, window), items, encoder, writer, result, progress)
+        _encode_as_ready(prefetch.completed(todo, window, deadline, stall_s), items, encoder, writer, result, progress)
     finally:
-        prefetch.close()  # on interrupt: drop queued work, finish running items
+        prefetch.close(wait=not prefetch.cut)  # on interrupt: drop queued work, finish running items
         if writer is not None:
             writer.close()  # everything encoded so far is stored, also when interrupted
+    for index in todo:
+        if result.embeddings[index] is None and index not in result.errors:
+            result.errors[index] = "not loaded before the request's deadline (FETCH_DEADLINE, PREDICT_TIMEOUT)"
     return result
 
 
@@ -89,6 +98,7 @@ class _Prefetcher:
         self.items, self.encoder, self.load = items, encoder, load
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        self.cut = False  # the deadline passed with items still loading
 
     def _load_and_prepare(self, index: int) -> None:
         try:
@@ -100,15 +110,26 @@ class _Prefetcher:
             prepared = FetchError(f"{type(exc).__name__}: {exc}")
         self._done.put((index, prepared))
 
-    def completed(self, todo: list[int], window: int) -> Iterator[tuple[int, Any, int]]:
-        """(index, prepared item or FetchError, items still in flight) as items finish: 0 on the last."""
+    def completed(self, todo: list[int], window: int, deadline: float | None = None,
+                  stall_s: float | None = None) -> Iterator[tuple[int, Any, int]]:
+        """(index, prepared item or FetchError, items still in flight) as items finish: 0 on the last;
+        stops early (``cut``) at the deadline, or when no item finished loading for ``stall_s``."""
         todo_iter = iter(todo)
-        in_flight = 0
+        in_flight, loaded_at = 0, time.monotonic()  # failures at their FETCH_DEADLINE are not progress
         for index in islice(todo_iter, window):
             self._pool.submit(self._load_and_prepare, index)
             in_flight += 1
         while in_flight:
-            index, prepared = self._done.get()
+            try:
+                now = time.monotonic()
+                waits = [max(0.0, w) for w in (None if deadline is None else deadline - now,
+                                               None if stall_s is None else loaded_at + stall_s - now) if w is not None]
+                index, prepared = self._done.get(timeout=min(waits, default=None))
+            except queue.Empty:
+                self.cut = True
+                return
+            if not isinstance(prepared, FetchError):
+                loaded_at = time.monotonic()
             in_flight -= 1
             nxt = next(todo_iter, None)
             if nxt is not None:
@@ -116,8 +137,8 @@ class _Prefetcher:
                 in_flight += 1
             yield index, prepared, in_flight
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _encode_as_ready(completed, items, encoder, writer, result: EmbedResult, progress) -> None:
@@ -143,8 +164,10 @@ def _encode_as_ready(completed, items, encoder, writer, result: EmbedResult, pro
             if progress is not None:
                 progress.update(len(ready) + failed)
             ready_idx, ready, failed = [], [], 0
-    if progress is not None and failed:
-        progress.update(failed)
+    if ready:  # the deadline cut the items still loading: encode those that are ready
+        _encode(ready_idx, ready, items, encoder, writer, result)
+    if progress is not None and (failed or ready):
+        progress.update(failed + len(ready))
 
 
 class _StoreWriter:

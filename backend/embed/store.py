@@ -9,9 +9,11 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,12 @@ def record_id(task_id, field: str) -> str:
     return f"{task_id}:{field}"
 
 
-def collection_name(project: str, encoder_id: str) -> str:
+def collection_name(project: str, encoder_id: str, namespace: str = "") -> str:
+    """"<namespace>.p<project>_<encoder>": the deployment's namespace (CHROMA_NAMESPACE) keeps deployments
+    sharing a Chroma server apart; without one, the name collections had before namespaces existed."""
     # Chroma names: 3-512 chars of [a-zA-Z0-9._-], starting and ending alphanumeric.
-    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", f"p{project}_{encoder_id}").strip("-._")
+    prefix = f"{namespace}." if namespace else ""
+    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", f"{prefix}p{project}_{encoder_id}").strip("-._")
     if len(slug) > 200:
         slug = slug[:180] + hashlib.sha1(slug.encode()).hexdigest()[:16]
     return slug
@@ -50,8 +55,9 @@ class StoredItem:
 
 
 def open_store(*, path: Path | str | None = None, host: str | None = None, port: int = 8000, ssl: bool = False,
-               auth_token: str | None = None) -> "EmbeddingStore":
-    """A store on a Chroma server (host given) or on an embedded Chroma persisted under path."""
+               auth_token: str | None = None, namespace: str = "", timeout_s: float | None = 10.0) -> "EmbeddingStore":
+    """A store on a Chroma server (host given; every call gives up after timeout_s) or on an embedded
+    Chroma persisted under path. ``namespace``: this deployment's prefix of collection names."""
     import chromadb
 
     if host:
@@ -59,32 +65,108 @@ def open_store(*, path: Path | str | None = None, host: str | None = None, port:
         if auth_token:  # Chroma's token provider sends "Authorization: Bearer <token>"
             auth = {"chroma_client_auth_provider": "chromadb.auth.token_authn.TokenAuthClientProvider",
                     "chroma_client_auth_credentials": auth_token}
-        return EmbeddingStore(chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=chromadb.Settings(**auth)))
+        client = _within(timeout_s, lambda: chromadb.HttpClient(host=host, port=port, ssl=ssl,
+                                                                 settings=chromadb.Settings(**auth)))
+        if timeout_s:  # chromadb's httpx session waits forever: a paused server would hang every caller
+            session = client._server._session
+            session.timeout = httpx.Timeout(timeout_s)
+            session.request = _Breaker(session.request, max(2 * timeout_s, 10.0))
+        return EmbeddingStore(client, namespace)
     if path is None:
         raise ValueError("open_store needs a path (embedded Chroma) or a host (Chroma server)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return EmbeddingStore(chromadb.PersistentClient(path=str(path)))
+    return EmbeddingStore(chromadb.PersistentClient(path=str(path)), namespace)
+
+
+def _within(timeout_s: float | None, make):
+    """make() (which talks to the server) or TimeoutError after timeout_s, e.g. against a paused server."""
+    if not timeout_s:
+        return make()
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = make()
+        except Exception as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="chroma-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise TimeoutError(f"the Chroma server did not answer within {timeout_s} s (CHROMA_TIMEOUT)")
+    return box["value"]
+
+
+class StoreUnavailable(httpx.TransportError):
+    """Chroma timed out or was unreachable moments ago: calls fail at once until ``retry_s`` has passed."""
+
+
+class _Breaker:
+    """The Chroma session's request(): after a timeout or a connection error, every call fails at once for
+    ``retry_s`` (one probe then), so a hung server costs one CHROMA_TIMEOUT, not one per call: /predict goes
+    on without the cache and a training run fails (releasing its lock) instead of waiting on every call."""
+
+    def __init__(self, request, retry_s: float):
+        self._request, self.retry_s = request, retry_s
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            if time.monotonic() < self._down_until:
+                raise StoreUnavailable("the Chroma server timed out or was unreachable moments ago; "
+                                       f"trying again within {self.retry_s:.0f} s")
+        try:
+            return self._request(*args, **kwargs)
+        except httpx.TransportError:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_s
+            raise
 
 
 class EmbeddingStore:
     """Cache of item embeddings. get_many() returns what is stored and still fresh; put_many() upserts."""
 
-    def __init__(self, client):
+    def __init__(self, client, namespace: str = ""):
         self.client = client
+        self.namespace = namespace
         self._collections: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def collection(self, project: str, encoder_id: str):
-        name = collection_name(project, encoder_id)
+        name = collection_name(project, encoder_id, self.namespace)
         with self._lock:
             if name not in self._collections:
+                if self.namespace:
+                    self._adopt_unprefixed(name, project, encoder_id)
                 self._collections[name] = self.client.get_or_create_collection(
                     name=name,
                     embedding_function=None,
                     metadata={"hnsw:space": "cosine", "project": str(project), "encoder": encoder_id},
                 )
             return self._collections[name]
+
+    def _adopt_unprefixed(self, name: str, project: str, encoder_id: str) -> None:
+        """Once, when CHROMA_NAMESPACE is first set: the collection written before under the name without a
+        namespace is renamed to this namespace's (its embeddings kept, nothing embedded again). Reads check
+        each record's content hash, so a record another deployment wrote there is embedded again, not used."""
+        from chromadb.errors import ChromaError, NotFoundError
+
+        try:
+            self.client.get_collection(name)
+            return  # this namespace has its collection already
+        except NotFoundError:
+            pass
+        try:
+            legacy = self.client.get_collection(collection_name(project, encoder_id))
+            legacy.modify(name=name)
+        except (ChromaError, ValueError):  # none to adopt, or another process renamed it first
+            return
+        logger.info("Chroma: collection %s renamed to %s (CHROMA_NAMESPACE)", legacy.name, name)
 
     def get_many(self, project: str, encoder_id: str, keys: list[tuple[int, str, str]]) -> dict[str, np.ndarray]:
         """keys: (task_id, field, hash). Returns {record_id: embedding} for records whose hash matches."""

@@ -25,14 +25,19 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
     started = time.monotonic()
     model.load()  # loading weights (first request only) must not be mistaken for the pace of embedding
     margin = max(1.0, 0.2 * timeout_s)  # predicting the ready part (ranking) comes after
-    done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin)
+    # a chunk whose downloads all stall ends at FETCH_DEADLINE (plus a second), not one deadline per round
+    # of FETCH_WORKERS downloads
+    stall = getattr(model.fetcher, "deadline_s", None)
+    done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin,
+                                 stall_s=None if stall is None else stall + 1.0)
     ready = model.predict(tasks[:done], inferred=model.infer_embedded(embedded))
-    return ready + [[] for _ in tasks[done:]], tasks[done:]
+    unserved = [t for t, r in zip(tasks[:done], ready) if not r]  # cut by the deadline (or failed): try again
+    return ready + [[] for _ in tasks[done:]], unserved + tasks[done:]
 
 
 def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = None,
                 progress: Callable[[int], None] | None = None,
-                stop: Callable[[], bool] | None = None) -> tuple[int, dict]:
+                stop: Callable[[], bool] | None = None, stall_s: float | None = None) -> tuple[int, dict]:
     """Embed the tasks in growing chunks until all are done or the next chunk would end after
     ``deadline`` (time.monotonic()). Returns (how many leading tasks are done, their embeddings per
     control as model.embed_tasks gives them), so nothing is fetched or read from the store twice."""
@@ -45,7 +50,8 @@ def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = Non
         if stop is not None and stop():
             break
         started, worked = time.monotonic(), _worked(model)
-        for name, (indices, vectors) in model.embed_tasks(chunk).items():
+        # a chunk runs to its end (the pre-check above keeps it inside the deadline) unless its loads stall
+        for name, (indices, vectors) in model.embed_tasks(chunk, stall_s=stall_s).items():
             embedded[name][0].extend(done + i for i in indices)
             embedded[name][1].extend(vectors)
         # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next

@@ -15,7 +15,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..labelstudio.client import LabelStudioAPI
 from ..learn.audit import audit_wanted
@@ -43,6 +43,13 @@ class TrainingRun:
     models: Models
     api: LabelStudioAPI | None  # None: Label Studio unknown, train on the log alone and rank nothing
     bound_url: str | None = None  # a /setup URL to record as working once a reconcile through it succeeds
+    # raises LockLost once this run no longer holds the project's training lock (RQ mode): checked before
+    # the version is saved and before the batch is published, so a run that lost its lock publishes nothing
+    fence: Callable[[], None] = lambda: None
+
+
+class LockLost(RuntimeError):
+    """Another worker may be training this project now: this run stops before it saves or publishes."""
 
 
 @dataclass
@@ -76,12 +83,14 @@ def run_training(run: TrainingRun, project: str, generation: int, label_config: 
     if not data:
         logger.info("project %s: no usable labels yet; zero-shot keeps serving", project)
         if run.api is not None and model.state.ranked_version() != model.model_version:
+            run.fence()
             with _phase(result, "publish"):  # cold start: zero-shot + typicality
                 result.ranking = publish_queue(run.api, model, labeled, anchors)
         return result
     with _phase(result, "select"):
         heads, trained = select_heads(model, data, audit_tasks(model.state, rows))
     with _phase(result, "save"):
+        run.fence()
         result.version = save_version(model, heads, trained, generation, len(rows), started)
         model.refresh()
     logger.info("project %s: trained %s on %d labeled tasks in %.1fs", project, result.version.name, len(rows),
@@ -100,6 +109,7 @@ def _publish_and_review(run: TrainingRun, model: ClipClassifier, result: RunResu
     """Stages 3 and 4 after a new version: the next batch (drawing audit items until the first trained
     tag's accuracy is known to +/- AUDIT_HALF_WIDTH), then the review tab when it is due."""
     first = next(iter(trained.values()))
+    run.fence()
     with _phase(result, "publish"):
         result.ranking = publish_queue(run.api, model, {t.task_id for t in rows}, anchors,
                                        audit_wanted(first.audit, model.queue.audit_half_width))

@@ -30,13 +30,16 @@ class IgnoredEvent(ProtocolError):
 # -- ids ------------------------------------------------------------------------------------------
 def project_id(raw: Any) -> str:
     """The project id Label Studio sends as "<id>.<created-at timestamp>" (or a bare id); the id part
-    names the project. None or "" is the "default" project."""
+    names the project. None or "" is the "default" project. Only ASCII digits, as Label Studio makes
+    them: str.isdigit() also takes "１" or "²", which int() reads as another project's id."""
     if raw is None or raw == "":
         return "default"
-    text = str(raw).split(".", 1)[0].strip()
-    if not text.isalnum() or len(text) > 64:  # it becomes a directory and a collection name
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise ProtocolError(f"project {raw!r} is not a Label Studio project id")
-    return text
+    text = str(raw).split(".", 1)[0].strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:  # a directory, a collection name, an int
+        raise ProtocolError(f"project {raw!r} is not a Label Studio project id")
+    return str(int(text))  # "007" is project 7
 
 
 def task_id(task: Any) -> int | None:

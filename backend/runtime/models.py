@@ -75,7 +75,8 @@ def fetcher_kwargs(settings: Settings, connection: Connection | None = None) -> 
 def store_kwargs(settings: Settings) -> dict:
     """open_store(**store_kwargs(settings)): a Chroma server when CHROMA_HOST is set, else embedded Chroma."""
     return {"path": settings.resolved_chroma_path, "host": settings.chroma_host, "port": settings.chroma_port,
-            "ssl": settings.chroma_ssl, "auth_token": settings.chroma_auth_token}
+            "ssl": settings.chroma_ssl, "auth_token": settings.chroma_auth_token,
+            "namespace": settings.chroma_namespace, "timeout_s": settings.chroma_timeout_s}
 
 
 class SharedStore:

@@ -25,10 +25,11 @@ import time
 import uuid
 
 import redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry, Worker, get_current_job
 
 from ..config import Settings
-from .connections import BindingConflict
+from .connections import Connection
+from ..flows.training_run import LockLost
 from .training import ThreadScheduler, TrainingLoop
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ class RedisScheduler:
             if not self.redis.set(pending, 1, nx=True, ex=PENDING_TTL_S):
                 return False
             try:
-                self.queue.enqueue(train_project, project, *self._connection_args(project),
-                                   job_timeout=JOB_TIMEOUT_S, retry=Retry(**RETRY),
-                                   description=f"train project {project}")  # not the args: they may hold a token
+                # the project id only: no URL or token ever goes into Redis (job data, the AOF on disk)
+                self.queue.enqueue(train_project, project, job_timeout=JOB_TIMEOUT_S, retry=Retry(**RETRY),
+                                   description=f"train project {project}")
             except BaseException:
                 self.redis.delete(pending)
                 raise
@@ -76,10 +77,15 @@ class RedisScheduler:
             return False
         return True
 
-    def _connection_args(self, project: str) -> tuple:
-        # Only what /setup told this process (never the environment's key): a worker pairs it with its own
-        # LABEL_STUDIO_URL/API_KEY by the same rule as here (connections.py).
-        return self.loop.connections.taught(project)
+    def workers_reach_label_studio(self) -> str | None:
+        """None when workers can reach Label Studio (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, which they
+        read from their own environment), else why not: a /setup token stays in the web process that got it."""
+        if Connection.environment(self.settings).complete:
+            return None
+        return ("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: RQ training workers take Label "
+                "Studio's address and key from their environment only (a /setup token never leaves the web "
+                "process that received it), so training runs on the recorded annotations without reaching "
+                "Label Studio: no reconcile, no queue batch. Set both on the web app and on every worker")
 
     def requeue_stalled(self) -> list[str]:
         """Queue projects with untrained changes that nobody is training or about to train."""
@@ -99,6 +105,8 @@ class RedisScheduler:
 
     def start(self) -> list[str]:
         """Queue what is untrained, then keep checking: workers elsewhere may die mid-run."""
+        if (why := self.workers_reach_label_studio()) is not None:
+            logger.warning("%s", why)
         pending = self.loop.log.projects_needing_training()
         for project in pending:
             self.enqueue(project)
@@ -140,12 +148,14 @@ class RedisScheduler:
         try:
             locks = self.locks()
             return {"mode": "rq", "queue": self.queue.name, "queued": len(self.queue),
-                    "workers": Worker.count(queue=self.queue), "locks": locks,
+                    "workers": len(Worker.all(queue=self.queue)), "locks": locks,  # live ones only
                     "runs": {k: int(v) for k, v in decoded("runs").items()},
                     "failures": {k: int(v) for k, v in decoded("failures").items()},
                     "last_error": decoded("last_error"), "busy": bool(locks) or len(self.queue) > 0,
                     "last_ranking": {k: json.loads(v) for k, v in decoded("last_ranking").items()},
-                    "last_run": {k: json.loads(v) for k, v in decoded("last_run").items()}}
+                    "last_run": {k: json.loads(v) for k, v in decoded("last_run").items()},
+                    "workers_reach_label_studio": self.workers_reach_label_studio() is None,
+                    "label_studio_warning": self.workers_reach_label_studio()}
         except redis.RedisError as exc:
             return {"mode": "rq", "queue": self.queue.name, "error": f"Redis unreachable: {exc}"}
 
@@ -178,10 +188,13 @@ class RedisScheduler:
 
     def _run_locked(self, project: str, lock) -> bool:
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(lock, stop), name=f"lock-{project}", daemon=True)
+        job = get_current_job()  # None outside an RQ worker (tests call run_job directly)
+        worker_key = f"{Worker.redis_worker_namespace_prefix}{job.worker_name}" if job and job.worker_name else None
+        beat = threading.Thread(target=self._heartbeat, args=(lock, stop, worker_key), name=f"lock-{project}",
+                                daemon=True)
         beat.start()
         try:
-            return self.loop.run(project)
+            return self.loop.run(project, fence=lambda: self._still_held(lock))
         finally:
             stop.set()
             beat.join()
@@ -206,21 +219,39 @@ class RedisScheduler:
                 pipe.set(self.key("failed", project), loop.log.generations(project)[0])
             pipe.execute()
 
-    def _heartbeat(self, lock, stop: threading.Event) -> None:
+    @staticmethod
+    def _still_held(lock) -> None:
+        """The fence before a run saves or publishes: the lock still names this holder (a worker that stalled
+        past the TTL, or lost Redis that long, may have been replaced by another one training the project)."""
+        try:
+            held = lock.owned()
+        except redis.RedisError as exc:
+            raise LockLost(f"cannot check the training lock ({exc}); stopping before saving or publishing") from None
+        if not held:
+            raise LockLost("the training lock expired (this worker stalled or lost Redis longer than "
+                           "TRAINING_LOCK_TTL_S); stopping before saving or publishing")
+
+    def _heartbeat(self, lock, stop: threading.Event, worker_key: str | None = None) -> None:
+        """Renews the lock; and the RQ worker's own key, which RQ sets to live as long as the job may (an
+        hour): a worker killed -9 mid-job then leaves the worker list (/status) within 3 lock TTLs."""
         while not stop.wait(self.ttl / 3):
             try:
                 lock.extend(self.ttl, replace_ttl=True)
+            except redis.exceptions.LockNotOwnedError:
+                logger.warning("lost the training lock %s: the run stops before it saves or publishes", lock.name)
+                return  # lost for good; the fence stops the run
             except (redis.RedisError, redis.exceptions.LockError) as exc:
                 logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
+            try:
+                if worker_key:
+                    self.redis.expire(worker_key, int(3 * self.ttl) + 1)
+            except redis.RedisError:
+                pass
 
 
-def train_project(project: str, url: str | None = None, token: str | None = None) -> str:
-    """The RQ job. url/token: what /setup told the web app, used when the worker's environment has none."""
+def train_project(project: str, *_legacy) -> str:
+    """The RQ job: the project id alone. The worker reaches Label Studio with its own environment's
+    LABEL_STUDIO_URL/API_KEY. (_legacy: jobs queued by older versions carried a URL and token; ignored.)"""
     from .build import worker_runtime  # the worker process's runtime, built once by the composition root
 
-    runtime = worker_runtime()
-    try:
-        runtime.remember(project, None, url, token)
-    except BindingConflict as exc:  # bound meanwhile to the Label Studio a run reached: keep that binding
-        logger.warning("%s", exc)
-    return runtime.scheduler.run_job(project)
+    return worker_runtime().scheduler.run_job(project)

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import Protocol
 
-from ..flows.training_run import TrainingRun, run_training
+from ..flows.training_run import LockLost, TrainingRun, run_training
 from ..state.annotations import AnnotationLog
 from .connections import Connections
 from .models import ProjectModels
@@ -40,22 +40,28 @@ class TrainingLoop:
         self.last_ranking: dict[str, dict] = {}  # project -> summary of the last queue re-ranking
         self.last_run: dict[str, dict] = {}  # project -> version, generation, seconds per phase of the last run
 
-    def training_run(self, project: str) -> TrainingRun:
+    def training_run(self, project: str, fence=None) -> TrainingRun:
         connection = self.connections.connection(project)
         return TrainingRun(log=self.log, models=self.models, api=self.connections.api(project),
-                           bound_url=connection.url if connection.from_setup else None)
+                           bound_url=connection.url if connection.from_setup else None,
+                           **({"fence": fence} if fence else {}))
 
-    def run(self, project: str) -> bool:
-        """Train until every recorded generation is trained on; False if a run failed."""
+    def run(self, project: str, fence=None) -> bool:
+        """Train until every recorded generation is trained on; False if a run failed. ``fence``: raises
+        LockLost when this process no longer holds the project's lock (the run then stops, unpublished)."""
         log = self.log
         while True:
             generation, trained, label_config = log.generations(project)
             if generation <= trained:
                 return True
             try:
-                result = run_training(self.training_run(project), project, generation, label_config)
+                result = run_training(self.training_run(project, fence), project, generation, label_config)
                 if result.full_reconcile and self.sweeper is not None:
                     self.sweeper.sweep(project, label_config)  # listed and embedded in the background
+            except LockLost as exc:
+                logger.warning("project %s: %s", project, exc)
+                self.last_error[project] = f"LockLost: {exc}"
+                return True  # not a failure: the lock's new holder trains this generation
             except Exception as exc:
                 self.failures[project] += 1
                 self.last_error[project] = f"{type(exc).__name__}: {exc}"

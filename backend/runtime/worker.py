@@ -16,6 +16,11 @@ from ..config import Settings, SettingsError
 from .build import worker_runtime
 
 
+def maintenance_interval(settings: Settings) -> int:
+    """Seconds between RQ's maintenance tasks: restarting a dead scheduler, cleaning registries."""
+    return int(max(1, min(60, 3 * settings.training_watchdog_s)))
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -33,7 +38,13 @@ def main() -> int:
     except redis.RedisError as exc:
         print(f"cannot reach Redis at REDIS_URL: {exc}", file=sys.stderr)
         return 1
-    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
+    # RQ restarts a scheduler that died (a Redis restart kills it: retries and scheduled jobs then never
+    # run) only in its maintenance tasks, every 10 minutes by default and only between two waits for a
+    # job (worker_ttl - 15 s each): both a few watchdog periods here. An idle worker killed -9 also
+    # leaves the worker list after worker_ttl.
+    interval = maintenance_interval(settings)
+    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection,
+                          maintenance_interval=interval, worker_ttl=interval + 15)
     log = logging.getLogger(__name__)
     log.info("training worker %s on queue %r: %s", worker.name, settings.rq_queue, settings)
     if not settings.chroma_host:

@@ -98,10 +98,18 @@ class LabeledTask:
     event_at: float = 0.0  # when a webhook last wrote the annotation (0: only reconciles did)
 
 
+WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the write-ahead file is cut back to this after each checkpoint
+
+
 class AnnotationLog:
-    def __init__(self, path: Path, journal_mode: str = "wal"):
+    """Bounded: one row per annotation (a newer write replaces it), deleted ones purged once trained on
+    (compact), pages of purged rows reused, and the write-ahead file truncated to ``wal_limit_bytes``."""
+
+    def __init__(self, path: Path, journal_mode: str = "wal", wal_limit_bytes: int = WAL_LIMIT_BYTES):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
+        self._db.execute(f"PRAGMA journal_size_limit={int(wal_limit_bytes)}")
         # WAL is fastest but needs every process on one host (shared memory index); "delete" (a
         # rollback journal) works on a network filesystem with POSIX locks, for MODEL_DIR shared by hosts
         if journal_mode not in ("wal", "delete"):
@@ -271,6 +279,18 @@ class AnnotationLog:
         with self._lock:
             self._db.execute("UPDATE projects SET trained_generation = MAX(trained_generation, ?) WHERE project = ?",
                              (generation, project))
+        self.compact(project)
+
+    def compact(self, project: str) -> int:
+        """Purge the project's deleted annotations (no run reads them; a later write of one inserts it
+        again), give their pages back and checkpoint the write-ahead file; returns the rows purged."""
+        with self._lock:
+            purged = self._db.execute("DELETE FROM annotations WHERE project = ? AND deleted = 1",
+                                      (project,)).rowcount
+            if purged:
+                self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # journal_size_limit cuts the file back
+        return purged
 
     def projects_needing_training(self) -> list[str]:
         with self._lock:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import time
 
+import httpx
+
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -18,7 +20,7 @@ from ..runtime.build import build_runtime
 from ..runtime.connections import BindingConflict
 from ..runtime.models import UnknownConfig
 from .auth import authorized
-from .limits import install_request_slots
+from .limits import install_request_slots, install_webhook_limit
 from .metrics import Metrics
 from .routes import BadRequest, api
 
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api)
     _add_auth_and_timing(app, settings, metrics)
     install_request_slots(app, settings)  # after auth: /predict and /search take a slot, or get a 503
+    install_webhook_limit(app, settings)
     _add_error_handlers(app, metrics)
     resumed = runtime.scheduler.start()  # annotations recorded before a restart are trained on now
     if resumed:
@@ -87,6 +90,13 @@ def _add_error_handlers(app: Flask, metrics: Metrics) -> None:
     def _model_unavailable(exc):
         logger.error("%s", exc)
         return jsonify({"error": str(exc)}), 503
+
+    @app.errorhandler(httpx.TransportError)
+    @app.errorhandler(TimeoutError)
+    def _store_unavailable(exc):  # a call to the Chroma server timed out (CHROMA_TIMEOUT) or could not connect
+        logger.warning("%s on %s: %s", type(exc).__name__, request.path, exc)
+        return jsonify({"error": f"the Chroma server did not answer in time ({type(exc).__name__}); "
+                                 "retry shortly"}), 503, {"Retry-After": "10"}
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):

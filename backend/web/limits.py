@@ -1,4 +1,5 @@
-"""Keep the light endpoints answering: at most N /predict and /search requests at once per process.
+"""Keep the light endpoints answering: at most N /predict and /search requests at once per process; and
+webhook bodies no larger than their event type needs (webhook_size_limit).
 
 gunicorn gives each worker process THREADS threads. Without a limit, THREADS slow /predict calls (task
 images on a slow server, a heavy batch) take every thread, and /health and /webhook time out behind
@@ -13,12 +14,40 @@ import math
 import threading
 
 from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..config import Settings
 
 logger = logging.getLogger(__name__)
 
 HEAVY_ENDPOINTS = frozenset({"api.predict", "api.search"})
+# events whose payload lists many items (an import, a bulk delete); the others carry one annotation
+LARGE_EVENTS = frozenset({"TASKS_CREATED", "ANNOTATIONS_DELETED"})
+
+
+def webhook_size_limit(settings: Settings, action: str | None) -> int:
+    """The largest body accepted for a webhook event (any event while its action is not known yet)."""
+    if action is None or action in LARGE_EVENTS:
+        return max(settings.webhook_max_bytes, settings.webhook_tasks_max_bytes)
+    return settings.webhook_max_bytes
+
+
+def check_webhook_size(settings: Settings, action: str) -> None:
+    """413 with the limit named when this event's body is larger than its type needs (nothing recorded)."""
+    limit = webhook_size_limit(settings, action)
+    size = request.content_length or len(request.get_data(cache=True))
+    if size > limit:
+        setting = "WEBHOOK_TASKS_MAX_BYTES" if action in LARGE_EVENTS else "WEBHOOK_MAX_BYTES"
+        raise RequestEntityTooLarge(f"a {action} webhook of {size} bytes is over the {limit} bytes this event "
+                                    f"type may carry ({setting}); nothing was recorded")
+
+
+def install_webhook_limit(app: Flask, settings: Settings) -> None:
+    """/webhook bodies beyond the largest event limit get 413 before they are read into memory."""
+    @app.before_request
+    def _cap_webhook_body():
+        if request.endpoint == "api.webhook":
+            request.max_content_length = webhook_size_limit(settings, None)
 
 
 def slots_for(settings: Settings) -> int:

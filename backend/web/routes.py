@@ -26,6 +26,7 @@ from ..labelstudio.protocol import TASKS_CREATED, IgnoredEvent, parse_webhook, p
 from ..learn.result import TrainingResult
 from ..model import ClipClassifier
 from ..runtime.process import Runtime
+from .limits import check_webhook_size
 
 MAX_SEARCH_K = 1000
 MAX_QUERY_CHARS = 2000
@@ -147,8 +148,9 @@ def webhook():
         event = parse_webhook(body)
     except IgnoredEvent as exc:  # PROJECT_UPDATED and the other events Label Studio sends us too
         return jsonify({"status": "ignored", "reason": str(exc)}), 200
-    _metrics().webhook(event.action)
     runtime = _runtime()
+    check_webhook_size(runtime.settings, event.action)
+    _metrics().webhook(event.action)
     if event.action == TASKS_CREATED:
         if not isinstance(event.tasks, list):
             raise BadRequest("TASKS_CREATED payload has no list of tasks")

@@ -5,7 +5,7 @@ tasks got exactly one annotation each and that the learning loop trained on them
 grid loads its thumbnails, which stay inside their project and under the fetch rules; cross-site
 writes are refused and a query with markup is shown as text.
 
-Screenshots (overview, grid, confirmation, image grid) go to $UI_SCREENSHOTS (default /tmp/ui-screens).
+Screenshots (overview before and after training, grid, confirmation, image grid) go to $UI_SCREENSHOTS (default /tmp/ui-screens).
 """
 import math
 import os
@@ -122,8 +122,14 @@ def test_search_select_open_in_data_manager_and_annotate(label_studio, backend, 
     # the learning loop trained on exactly these annotations
     report = _wait_for_version(backend, project, labels=len(expected))
     full = requests.get(backend + f"/reports/{report['number']}?project={project}&format=json", timeout=10).json()
-    assert full["counts"]["total"] == len(expected) and full["class_counts"]["spam"]["train"] + \
-        full["class_counts"]["spam"].get("test", 0) == len(expected)
+    assert full["counts"]["total"] == len(expected)
+    assert sum(full["class_counts"]["spam"].values()) == len(expected)
+    # the overview now shows the trained version, its learning-curve point and the audit's state
+    page.reload()
+    assert page.locator("#serving").inner_text() == report["version"]
+    assert page.locator("#curve svg circle").count() >= 1
+    assert "audit" in page.locator("#audit").inner_text()  # no audit item among search picks: said so
+    page.screenshot(path=str(SHOTS / "ui-overview-trained.png"))
 
     # a query with markup is shown as text, never run
     page.fill("#query", MARKUP)

@@ -86,12 +86,13 @@ def main(argv=None) -> None:
     p.add_argument("--queries", type=int, default=20)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    rows = [measure(n, args.dim, args.labeled, args.queries) for n in args.sizes]
+    rows = []
+    for n in args.sizes:
+        rows.append(measure(n, args.dim, args.labeled, args.queries))
+        if not args.json:  # each size as soon as it is measured (a 100k build takes minutes)
+            print(", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     if args.json:
         print(json.dumps(rows))
-        return
-    for row in rows:
-        print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 if __name__ == "__main__":

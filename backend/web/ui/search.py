@@ -1,10 +1,9 @@
 """Search for the page: a text query (the text tower of the project's encoder) or "more like this"
 from a task, over the project's embedded unlabeled items, best first, a page at a time.
 
-One HNSW query without a metadata filter (store.unlabeled_index with the labeled task ids: labeled
-tasks and other fields are dropped from an over-fetched answer), because a Chroma metadata filter reads
-every record's metadata (store.py: 0.6-0.8 s a query at 100,000 records). Similarities are exact
-cosines of the returned embeddings. Pages are prefixes of one ranking: page n asks for the top
+One HNSW query without a metadata filter (EmbeddingStore.nearest: labeled tasks and other fields are
+dropped from an over-fetched answer, no embeddings read), because a Chroma metadata filter reads every
+record's metadata (0.6-0.8 s a query at 100,000 records). Pages are prefixes of one ranking: page n asks for the top
 (n + 1) * size and shows the tail, so nothing is kept between requests.
 """
 from __future__ import annotations
@@ -53,11 +52,7 @@ def ranked(model: ClipClassifier, control: ChoicesControl, *, query: str | None,
     else:
         vector, skip = query_embedding(model, query or "", control), set()
     wanted = min(offset + limit, MAX_RESULTS)
-    index = control.store.unlabeled_index(set(labeled) | skip)
-    index.max_fetch = max(index.max_fetch, 2 * MAX_RESULTS)
-    keys, embeddings = index.search(vector, wanted)
-    scores = embeddings @ vector if len(keys) else np.zeros(0, np.float32)
-    hits = sorted(((control.store.task_of(k), float(s)) for k, s in zip(keys, scores)), key=lambda h: -h[1])
+    hits = control.store.nearest(vector, wanted, set(labeled) | skip, total=embedded)
     more = len(hits) >= wanted and wanted < MAX_RESULTS
     return Ranked(hits[offset:wanted], more, embedded, (time.perf_counter() - started) * 1000)
 

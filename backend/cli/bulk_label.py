@@ -24,8 +24,15 @@ import sys
 
 import requests
 
+from ..flows.bulk_label import (
+    BulkLabelError,
+    choice_result,
+    choose_target,
+    create_annotations,
+    import_predictions,
+    reviewable,
+)
 from ..labelstudio.client import LabelStudioAPI
-from ..labelstudio.labelconfig import ConfigError, parse_label_config
 
 
 class Failure(Exception):
@@ -55,31 +62,6 @@ def parse_args(argv=None):
     return args
 
 
-def choose_target(label_config: str, from_name: str | None, label: str):
-    """(target, output): the <Choices> to fill and the exact choice value Label Studio stores."""
-    try:
-        targets = parse_label_config(label_config).targets
-    except ConfigError as exc:
-        raise Failure(f"the project's labeling config cannot be used: {exc}") from None
-    if from_name:
-        targets = [t for t in targets if t.from_name == from_name]
-        if not targets:
-            raise Failure(f"--from-name {from_name!r} is not a <Choices> of the project; "
-                          f"known: {[t.from_name for t in parse_label_config(label_config).targets]}")
-    elif len({t.from_name for t in targets}) > 1:
-        raise Failure(f"the config has several <Choices>; pick one with --from-name: "
-                      f"{sorted({t.from_name for t in targets})}")
-    target = targets[0]
-    for choice in target.labels:  # the stored value (alias, else value); value and alias also match
-        if label == choice.output or label in choice.names:
-            return target, choice.output
-    lowered = [c for c in target.labels if label.lower() in {n.lower() for n in (c.output, *c.names)}]
-    if len(lowered) == 1:  # "Horse" for "horse"
-        return target, lowered[0].output
-    raise Failure(f"label {label!r} is not a choice of <Choices name={target.from_name!r}>; "
-                  f"choices: {target.outputs}")
-
-
 def search(args, label_config: str, target) -> dict:
     auth = tuple(args.backend_auth.split(":", 1)) if args.backend_auth else None
     body = {"query": args.query, "k": args.k, "project": str(args.project), "label_config": label_config,
@@ -106,20 +88,6 @@ def snippet(data: dict, target, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def fetch_tasks(client, hits: list[dict]) -> dict[int, object]:
-    """The Label Studio tasks of the hits (missing ones, e.g. deleted since they were embedded, left out)."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    tasks = {}
-    for hit in hits:
-        try:
-            tasks[hit["task"]] = client.tasks.get(id=str(hit["task"]))
-        except ApiError as exc:
-            if exc.status_code != 404:
-                raise
-    return tasks
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     client = LabelStudioAPI(args.label_studio.rstrip("/"), args.api_key, timeout=120).client
@@ -127,7 +95,7 @@ def main(argv=None) -> int:
         label_config = client.projects.get(id=args.project).label_config
         target, output = choose_target(label_config, args.from_name, args.label)
         found = search(args, label_config, target)
-    except Failure as exc:
+    except (Failure, BulkLabelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -135,7 +103,7 @@ def main(argv=None) -> int:
     if args.min_score is not None:
         hits = [h for h in hits if h["score"] >= args.min_score]
     version = f"search:{args.query}"
-    rows, skipped = reviewable(client, hits, output, accept=args.accept, version=version)
+    rows, skipped = reviewable(client, hits, output, accept=args.accept, version=version, project=args.project)
     print(f"query {args.query!r} → {target.from_name}={output!r} ({found.get('encoder')}, "
           f"{found.get('embedded', 0)} embedded items searched)")
     if not rows:
@@ -143,30 +111,11 @@ def main(argv=None) -> int:
               + "".join(f"; {n} {why}" for why, n in skipped.items() if n))
         return 0
     show(rows, skipped, target)
-    result = [{"from_name": target.from_name, "to_name": target.to_name, "type": "choices",
-               "value": {"choices": [output]}}]
+    result = choice_result(target, output)
     if args.accept:
-        return create_annotations(client, args, rows, result, target, output)
-    import_predictions(client, args.project, rows, result, version)
+        return annotate(client, args, rows, result, target, output)
+    predictions(client, args.project, rows, result, version)
     return 0
-
-
-def reviewable(client, hits: list[dict], output: str, accept: bool, version: str) -> tuple[list, dict]:
-    """(rows, skipped): the (hit, task) pairs to label, and how many hits were left out and why."""
-    tasks = fetch_tasks(client, hits)
-    rows, skipped = [], {"not in the project": 0, "annotated": 0, "already predicted": 0}
-    for hit in hits:
-        task = tasks.get(hit["task"])
-        if task is None:
-            skipped["not in the project"] += 1
-        elif getattr(task, "annotations", None):
-            skipped["annotated"] += 1
-        elif not accept and any(_get(p, "model_version") == version and _choices(p) == [output]
-                                for p in getattr(task, "predictions", None) or []):
-            skipped["already predicted"] += 1
-        else:
-            rows.append((hit, task))
-    return rows, skipped
 
 
 def show(rows: list, skipped: dict, target) -> None:
@@ -178,7 +127,7 @@ def show(rows: list, skipped: dict, target) -> None:
         print("skipped: " + ", ".join(notes))
 
 
-def create_annotations(client, args, rows: list, result: list[dict], target, output: str) -> int:
+def annotate(client, args, rows: list, result: list[dict], target, output: str) -> int:
     """--accept: annotations (after a y/N prompt unless --yes); 1 when the user says no."""
     if not args.yes:
         answer = input(f"create {len(rows)} annotations {target.from_name}={output!r} in project "
@@ -186,27 +135,15 @@ def create_annotations(client, args, rows: list, result: list[dict], target, out
         if answer.strip().lower() not in ("y", "yes"):
             print("aborted: nothing created")
             return 1
-    for hit, _ in rows:
-        client.annotations.create(id=hit["task"], result=result, was_cancelled=False)
-    print(f"created {len(rows)} annotations")
+    created = create_annotations(client, [hit["task"] for hit, _ in rows], result)
+    print(f"created {created} annotations")
     return 0
 
 
-def import_predictions(client, project: int, rows: list, result: list[dict], version: str) -> None:
-    predictions = [{"task": hit["task"], "model_version": version, "score": float(hit["score"]),
-                    "result": result} for hit, _ in rows]
-    client.projects.import_predictions(id=project, request=predictions)
-    print(f"imported {len(predictions)} predictions with model_version {version!r}: review them in "
+def predictions(client, project: int, rows: list, result: list[dict], version: str) -> None:
+    count = import_predictions(client, project, [hit for hit, _ in rows], result, version)
+    print(f"imported {count} predictions with model_version {version!r}: review them in "
           "Label Studio (to pre-fill the editor, pick that version under Settings → Annotation)")
-
-
-def _get(obj, key):
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
-
-def _choices(prediction) -> list:
-    result = _get(prediction, "result") or []
-    return [c for region in result for c in ((_get(region, "value") or {}).get("choices") or [])]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .auth import authorized
 from .limits import install_request_slots, install_webhook_limit
 from .metrics import Metrics
 from .routes import BadRequest, api
+from .ui import install_ui
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["runtime"] = runtime
     app.extensions["metrics"] = metrics
     app.register_blueprint(api)
+    install_ui(app, settings)  # the search and bulk-labeling page, GET /ui
     _add_auth_and_timing(app, settings, metrics)
     install_request_slots(app, settings)  # after auth: /predict and /search take a slot, or get a 503
     install_webhook_limit(app, settings)

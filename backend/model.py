@@ -225,8 +225,10 @@ class ClipClassifier:
         batch = self.priorities(tasks, inferred, self.queue.strategy, self.queue.batch) if len(unranked) > 1 else {}
         return self.predictions([task_id(t) for t in tasks], inferred, {**batch, **saved})
 
-    def embed(self, control: ChoicesControl, tasks: list, progress=None) -> tuple[list[int], list[np.ndarray]]:
-        """Embeddings of the control's item in each task (through the store); (task indices, vectors)."""
+    def embed(self, control: ChoicesControl, tasks: list, progress=None,
+              writes: str = "wait") -> tuple[list[int], list[np.ndarray]]:
+        """Embeddings of the control's item in each task (through the store); (task indices, vectors).
+        writes: what to wait for of the store writes (embed.pipeline: "wait", "behind" or "drop")."""
         self.load()
         indices, items, errors = control.items(tasks)
         for index, reason in errors.items():
@@ -235,16 +237,18 @@ class ClipClassifier:
             self.stats.update(items_failed=len(errors))
             return [], []
         embedded = embed_items(items, control.encoder, control.loader(self.fetcher), self.store, self.project_id,
-                               workers=self.fetch_workers, progress=progress)
+                               workers=self.fetch_workers, progress=progress, writes=writes)
         self.stats.update(embeddings_cached=embedded.cached, embeddings_computed=embedded.computed,
                           items_failed=len(errors) + len(embedded.errors))
         ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
         return [i for i, _ in ok], [e for _, e in ok]
 
-    def embed_tasks(self, tasks: list, progress=None) -> dict[str, tuple[list[int], list[np.ndarray]]]:
+    def embed_tasks(self, tasks: list, progress=None,
+                    writes: str = "wait") -> dict[str, tuple[list[int], list[np.ndarray]]]:
         """Per control (from_name): the positions of the tasks that have its item, and their embeddings."""
         self.refresh()
-        return {control.from_name: self.embed(control, tasks, progress=progress) for control in self.controls}
+        return {control.from_name: self.embed(control, tasks, progress=progress, writes=writes)
+                for control in self.controls}
 
     def infer_embedded(self, embedded: dict[str, tuple[list[int], list[np.ndarray]]]) -> dict[str, Inference]:
         """Apply the serving heads to embeddings from embed_tasks."""

@@ -8,9 +8,12 @@ stream through three overlapping stages:
    one slow download never stalls the encoder;
 2. encode batches of BATCH_SIZE in the calling thread (one batched normalize, one model call); the
    first batches are smaller (1/8, 1/4, 1/2 of it), so the encoder starts after a few decodes;
-3. write each batch's embeddings to the store from a background writer thread, so the encoder never
-   waits on Chroma. Every batch is written as soon as it is encoded: an interrupted bulk run keeps
-   what it finished, and a re-run skips it.
+3. hand each batch's embeddings to the store's write-behind (write_behind.py): background threads
+   write them in large upserts, so the encoder never waits on Chroma. ``writes`` says what the caller
+   waits for: "wait" (the default: bulk runs and callers that read the store next) waits for its records
+   before returning, also when interrupted, so a re-run skips them; "behind" (imports, the sweep) returns
+   at once but waits for room when the backlog is full (bounded memory); "drop" (/predict) never waits:
+   a full backlog drops the records, which are embedded again when next needed.
 
 Embeddings come back aligned with the input items, whatever order they completed in.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -28,6 +30,9 @@ import numpy as np
 
 from .fetch import FetchError
 from .store import EmbeddingStore, StoredItem, content_hash, record_id
+from .write_behind import for_store
+
+WRITE_MODES = ("wait", "behind", "drop")
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +64,12 @@ def embed_items(
     project: str,
     workers: int = 8,
     progress=None,
+    writes: str = "wait",
 ) -> EmbedResult:
     """Embed items, reading and writing the store. progress.update(n) is called as items settle:
-    cached ones at once, computed or failed ones batch by batch."""
+    cached ones at once, computed or failed ones batch by batch. ``writes``: see the module docstring."""
+    if writes not in WRITE_MODES:
+        raise ValueError(f"writes={writes!r}: one of {WRITE_MODES}")
     result = EmbedResult(embeddings=[None] * len(items), errors={})
     todo = _read_cache(items, encoder, store, project, result)
     if progress is not None and result.cached:
@@ -70,14 +78,14 @@ def embed_items(
         return result
 
     window = max(encoder.batch_size * 2, workers * 4)  # bounded look-ahead: memory stays flat for huge imports
-    writer = _StoreWriter(store, project, encoder.id) if store is not None else None
+    writer = _StoreWriter(store, project, encoder.id, writes) if store is not None else None
     prefetch = _Prefetcher(items, encoder, load, workers=min(workers, len(todo)))
     try:
         _encode_as_ready(prefetch.completed(todo, window), items, encoder, writer, result, progress)
     finally:
         prefetch.close()  # on interrupt: drop queued work, finish running items
         if writer is not None:
-            writer.close()  # everything encoded so far is stored, also when interrupted
+            writer.close()  # "wait": everything encoded so far is stored, also when interrupted
     return result
 
 
@@ -148,28 +156,22 @@ def _encode_as_ready(completed, items, encoder, writer, result: EmbedResult, pro
 
 
 class _StoreWriter:
-    """Writes batches to the store from one background thread, in order; close() waits for all."""
+    """This call's side of the store's write-behind: puts each batch, and on close waits for its records
+    when the mode is "wait"."""
 
-    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str):
-        self.store, self.project, self.encoder_id = store, project, encoder_id
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str, writes: str):
+        self.behind = for_store(store)
+        self.project, self.encoder_id, self.writes = project, encoder_id, writes
+        self.ids: set[str] = set()
 
     def put(self, records: list[StoredItem]) -> None:
-        if records:
-            self._queue.put(records)
+        queued = self.behind.put(self.project, self.encoder_id, records, block=self.writes != "drop")
+        if self.writes == "wait":
+            self.ids.update(record_id(r.task_id, r.field) for r in records[:queued])
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (records := self._queue.get()) is not None:
-            try:
-                self.store.put_many(self.project, self.encoder_id, records)
-            except Exception as exc:
-                logger.warning("embedding store write failed (%s); predictions still served", exc)
+        if self.ids:
+            self.behind.flush(keys=(self.project, self.encoder_id, self.ids))
 
 
 def _read_cache(items, encoder, store, project, result) -> list[int]:
@@ -180,6 +182,12 @@ def _read_cache(items, encoder, store, project, result) -> list[int]:
             found = store.get_many(project, encoder.id, [(it.task_id, it.field, it.hash) for _, it in keyed])
         except Exception as exc:  # a store outage slows us down; it must not stop predictions
             logger.warning("embedding store read failed (%s); embedding without cache", exc)
+        # records still waiting in the write-behind are as good as stored (same hash only)
+        waiting = for_store(store).pending(project, encoder.id, [record_id(it.task_id, it.field) for _, it in keyed])
+        for _, it in keyed:
+            rec = waiting.get(record_id(it.task_id, it.field))
+            if rec is not None and rec.hash == it.hash:
+                found[record_id(it.task_id, it.field)] = rec.embedding
     todo = []
     for i, it in enumerate(items):
         emb = found.get(record_id(it.task_id, it.field)) if it.task_id is not None else None

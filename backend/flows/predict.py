@@ -25,17 +25,20 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
     started = time.monotonic()
     model.load()  # loading weights (first request only) must not be mistaken for the pace of embedding
     margin = max(1.0, 0.2 * timeout_s)  # predicting the ready part (ranking) comes after
-    done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin)
+    # the response never waits for store writes: a full backlog drops them (embedded again when needed)
+    done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin, writes="drop")
     ready = model.predict(tasks[:done], inferred=model.infer_embedded(embedded))
     return ready + [[] for _ in tasks[done:]], tasks[done:]
 
 
 def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = None,
                 progress: Callable[[int], None] | None = None,
-                stop: Callable[[], bool] | None = None) -> tuple[int, dict]:
+                stop: Callable[[], bool] | None = None, writes: str = "behind") -> tuple[int, dict]:
     """Embed the tasks in growing chunks until all are done or the next chunk would end after
     ``deadline`` (time.monotonic()). Returns (how many leading tasks are done, their embeddings per
-    control as model.embed_tasks gives them), so nothing is fetched or read from the store twice."""
+    control as model.embed_tasks gives them), so nothing is fetched or read from the store twice.
+    ``writes`` (embed.pipeline): "behind" by default, so chunks never wait for the store's writes, but a full
+    backlog holds the next chunk back (bulk imports keep memory bounded)."""
     done, size, per_task = 0, FIRST_CHUNK, 0.0
     embedded: dict[str, tuple[list[int], list]] = {c.from_name: ([], []) for c in model.controls}
     while done < len(tasks):
@@ -45,7 +48,7 @@ def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = Non
         if stop is not None and stop():
             break
         started, worked = time.monotonic(), _worked(model)
-        for name, (indices, vectors) in model.embed_tasks(chunk).items():
+        for name, (indices, vectors) in model.embed_tasks(chunk, writes=writes).items():
             embedded[name][0].extend(done + i for i in indices)
             embedded[name][1].extend(vectors)
         # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next

@@ -107,7 +107,8 @@ class ChoicesControl:
 
     def loader(self, fetcher: Fetcher) -> ItemLoader:
         return ItemLoader(fetcher, self.target.modality, is_url=self.target.value_is_url,
-                          image_size=getattr(self.encoder, "image_size", 224))
+                          image_size=getattr(self.encoder, "image_size", 224),
+                          jpeg_passthrough=getattr(self.encoder, "decodes_jpeg", False))
 
     def infer(self, indices: list[int], embeddings) -> Inference:
         E = np.stack(embeddings)

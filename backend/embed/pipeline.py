@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import BadItems
 from .fetch import FetchError
 from .store import EmbeddingStore, StoredItem, content_hash, record_id
 from .write_behind import for_store
@@ -202,6 +203,14 @@ def _read_cache(items, encoder, store, project, result) -> list[int]:
 def _encode(indices, prepared, items, encoder, writer, result) -> None:
     try:
         emb = encoder.encode_batch(prepared)
+    except BadItems as bad:  # undecodable images found in the batch: the rest goes on without them
+        for position, reason in bad.reasons.items():
+            result.errors[indices[position]] = reason
+            logger.warning("task %s: no prediction: %s", items[indices[position]].task_id, reason)
+        keep = [k for k in range(len(prepared)) if k not in bad.reasons]
+        if keep:
+            _encode([indices[k] for k in keep], [prepared[k] for k in keep], items, encoder, writer, result)
+        return
     except Exception:
         logger.exception("encoder failed on a batch of %d; retrying one by one", len(prepared))
         emb = None
@@ -211,7 +220,7 @@ def _encode(indices, prepared, items, encoder, writer, result) -> None:
             try:
                 rows.append(encoder.encode_batch([p])[0])
             except Exception as exc:
-                result.errors[index] = f"encoder failed: {type(exc).__name__}"
+                result.errors[index] = str(exc) if isinstance(exc, FetchError) else f"encoder failed: {type(exc).__name__}"
                 rows.append(None)
     else:
         rows = list(emb)

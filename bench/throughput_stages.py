@@ -20,6 +20,7 @@ one writer, head); "together_vs_limit" says how close the pipeline gets to it.
 """
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,7 +113,7 @@ class Stages:
         try:
             text = get_encoder("text", encoder_spec(self.settings))
         except Exception as exc:  # no offline text model here: say so, measure the rest
-            print(f"text encoder not available ({type(exc).__name__}); text_encode skipped")
+            print(f"text encoder not available ({type(exc).__name__}); text_encode skipped", file=sys.stderr)
             return None
         texts = [f"{SENTENCES[i % len(SENTENCES)]} #{i}" for i in range(n)]
         text.encode_batch(texts[:text.batch_size])
@@ -162,7 +163,8 @@ class Stages:
         model.load()
         tasks = [{"id": 1 + i, "data": {"image": ref}} for i, ref in enumerate(self.refs(paths))]
         t0 = time.perf_counter()
-        out = model.predict(tasks)
+        # as /predict and imports embed: the response does not wait for the store's writes
+        out = model.predict(tasks, inferred=model.infer_embedded(model.embed_tasks(tasks, writes="behind")))
         returned = time.perf_counter() - t0
         flush_all()
         stored = time.perf_counter() - t0
@@ -189,7 +191,7 @@ def measure(bench, sets: dict[str, list[Path]], tmp: Path, args) -> dict:
             embeddings = list(bench.encoder.encode_batch(prepared))
         row["together"], row["together_stored"] = stages.together(paths)
         per_set[name] = row
-        print(f"stages {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+        print(f"stages {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()), file=sys.stderr, flush=True)
     dim = int(embeddings[0].shape[0])
     shared.update(stages.store_write(tmp, dim))
     tasks = [{"id": 1 + i, "data": {"image": "unused"}} for i in range(len(embeddings))]

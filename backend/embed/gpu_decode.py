@@ -15,6 +15,7 @@ tests check it against open_clip's preprocess on machines without a GPU.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 from PIL import Image
@@ -76,16 +77,18 @@ class TensorImageTransform:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         raw = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
-        try:
-            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
-        except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
-            out = []
-            for r in raw:
-                try:
-                    out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device))
-                except RuntimeError as exc:
-                    out.append(FetchError(f"JPEG not decodable on {self.device}: {exc}"[:200]))
-            return out
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
+                out = []
+                for r in raw:
+                    try:
+                        out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError as exc:
+                        out.append(FetchError(f"JPEG not decodable on {self.device}: {exc}"[:200]))
+                return out
 
     def resize_crop(self, images: list):
         """(3, H, W) uint8 tensors -> float32 (N, 3, size, size), 0..255, in input order."""

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from backend.config import Settings
 from backend.embed.encoders import ClipImageEncoder, get_encoder
 from backend.embed.fetch import Fetcher, ItemLoader
 from backend.embed.gpu_decode import JpegBytes, TensorImageTransform, probe_jpeg
 from backend.embed.pipeline import Item, embed_items
-from backend.config import Settings
 from tests.helpers import DATA_DIR, backend_env, encoder_spec, fetcher_kwargs
 
 

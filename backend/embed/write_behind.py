@@ -96,13 +96,8 @@ class WriteBehind:
     def flush(self, timeout: float | None = None, keys: tuple[str, str, set[str]] | None = None) -> bool:
         """Wait until every record put so far is written (or failed), or only those of ``keys`` =
         (project, encoder id, record ids); False on timeout."""
-        if keys is None:
-            done = lambda: self._pending == 0  # noqa: E731
-        else:
-            project, encoder_id, ids = keys
-
-            def done() -> bool:
-                return not self.pending(project, encoder_id, ids)
+        def done() -> bool:
+            return self._pending == 0 if keys is None else not self.pending(*keys)
         with self._cond:
             return self._cond.wait_for(done, timeout)
 
@@ -165,7 +160,7 @@ class WriteBehind:
             return False
 
 
-_registry: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_registry: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
 
 

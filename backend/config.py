@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     clip_pretrained: str = _env("CLIP_PRETRAINED", "laion2b_s34b_b79k")
     text_model: str = _env("TEXT_MODEL", "sentence-transformers/all-MiniLM-L6-v2")
     device: str = _env("DEVICE", "auto")
-    batch_size: int = _env("BATCH_SIZE", 64, ge=1)
+    batch_size: int | None = _env("BATCH_SIZE", None, ge=1)  # unset: 256 on CUDA, 64 elsewhere (encoders.py)
+    cuda_precision: str = _env("CUDA_PRECISION", "fp16")  # fp16, bf16 or fp32 (CPU always runs fp32)
+    gpu_decode: bool = _env("GPU_DECODE", True)  # on CUDA: plain JPEGs decoded and resized on the GPU
     # heavy configs: options per <Choices> (each is encoded from several prompts when a model loads), and
     # the models (project, config) a process keeps: the least recently used and the idle ones are dropped
     max_choices: int = _env("MAX_CHOICES", 100, ge=2)
@@ -211,6 +213,14 @@ class Settings(BaseSettings):
         if pretrained.endswith(CHECKPOINT_SUFFIXES) and not Path(pretrained).is_file():
             raise ValueError(f"CLIP_PRETRAINED={pretrained!r} looks like a checkpoint path but no such file exists")
         return pretrained or "none"
+
+    @field_validator("cuda_precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> str:
+        precision = str(value).lower()
+        if precision not in ("fp16", "bf16", "fp32"):
+            raise ValueError(f"CUDA_PRECISION={value!r} must be fp16, bf16 or fp32")
+        return precision
 
     @field_validator("device", mode="before")
     @classmethod

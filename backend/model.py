@@ -107,7 +107,8 @@ class ChoicesControl:
 
     def loader(self, fetcher: Fetcher) -> ItemLoader:
         return ItemLoader(fetcher, self.target.modality, is_url=self.target.value_is_url,
-                          image_size=getattr(self.encoder, "image_size", 224))
+                          image_size=getattr(self.encoder, "image_size", 224),
+                          jpeg_passthrough=getattr(self.encoder, "decodes_jpeg", False))
 
     def infer(self, indices: list[int], embeddings) -> Inference:
         E = np.stack(embeddings)
@@ -226,8 +227,9 @@ class ClipClassifier:
         return self.predictions([task_id(t) for t in tasks], inferred, {**batch, **saved})
 
     def embed(self, control: ChoicesControl, tasks: list, progress=None, deadline: float | None = None,
-              stall_s: float | None = None) -> tuple[list[int], list[np.ndarray]]:
-        """Embeddings of the control's item in each task (through the store); (task indices, vectors)."""
+              stall_s: float | None = None, writes: str = "wait") -> tuple[list[int], list[np.ndarray]]:
+        """Embeddings of the control's item in each task (through the store); (task indices, vectors).
+        writes: what to wait for of the store writes (embed.pipeline: "wait", "behind" or "drop")."""
         self.load()
         indices, items, errors = control.items(tasks)
         for index, reason in errors.items():
@@ -237,18 +239,19 @@ class ClipClassifier:
             return [], []
         embedded = embed_items(items, control.encoder, control.loader(self.fetcher), self.store, self.project_id,
                                workers=self.fetch_workers, progress=progress, deadline=deadline,
-                               stall_s=stall_s)
+                               stall_s=stall_s, writes=writes)
         self.stats.update(embeddings_cached=embedded.cached, embeddings_computed=embedded.computed,
                           items_failed=len(errors) + len(embedded.errors))
         ok = [(i, e) for i, e in zip(indices, embedded.embeddings) if e is not None]
         return [i for i, _ in ok], [e for _, e in ok]
 
-    def embed_tasks(self, tasks: list, progress=None, deadline: float | None = None,
-                    stall_s: float | None = None) -> dict[str, tuple[list[int], list[np.ndarray]]]:
+    def embed_tasks(self, tasks: list, progress=None, deadline: float | None = None, stall_s: float | None = None,
+                    writes: str = "wait") -> dict[str, tuple[list[int], list[np.ndarray]]]:
         """Per control (from_name): the positions of the tasks that have its item, and their embeddings
         (items not loaded by ``deadline``, time.monotonic(), or stalled ``stall_s``, are left out)."""
         self.refresh()
-        return {control.from_name: self.embed(control, tasks, progress=progress, deadline=deadline, stall_s=stall_s)
+        return {control.from_name: self.embed(control, tasks, progress=progress, deadline=deadline, stall_s=stall_s,
+                                              writes=writes)
                 for control in self.controls}
 
     def infer_embedded(self, embedded: dict[str, tuple[list[int], list[np.ndarray]]]) -> dict[str, Inference]:

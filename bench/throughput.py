@@ -3,6 +3,7 @@
 
     CLIP_PRETRAINED=none .venv/bin/python -m bench.throughput            # table
     CLIP_PRETRAINED=none .venv/bin/python -m bench.throughput --json     # one JSON object
+    CLIP_PRETRAINED=none .venv/bin/python -m bench.throughput --stages   # each stage alone, then together
 
 What is measured (every throughput on the same images, same model, batch size and precision):
 
@@ -44,6 +45,7 @@ from backend.config import Settings
 from backend.embed.encoders import get_encoder
 from backend.embed.fetch import Fetcher, decode_image
 from backend.embed.store import open_store
+from backend.embed.write_behind import flush_all
 from backend.runtime.build import build_model
 from backend.runtime.models import encoder_spec, fetcher_kwargs, store_kwargs
 from backend.web import create_app
@@ -114,6 +116,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="BATCH_SIZE (default: the setting's)")
     parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--stages", action="store_true",
+                        help="stage report (bench/throughput_stages.py): read, decode, encode, store write at 1 and "
+                             "2 writers, head, text encode, and together; names the limiting stage")
+    parser.add_argument("--store-batch", type=int, default=2048, help="--stages: records per store write call")
+    parser.add_argument("--store-records", type=int, default=4096, help="--stages: records written per store measure")
     return parser.parse_args(argv)
 
 
@@ -126,7 +133,7 @@ def bench_settings(args, tmp: Path, root: Path) -> Settings:
         "DEVICE": args.device,
         "LOG_LEVEL": "WARNING",
     }
-    for name in ("FETCH_WORKERS",):
+    for name in ("FETCH_WORKERS", "TEXT_MODEL", "CUDA_PRECISION", "GPU_DECODE"):
         if os.environ.get(name):
             env[name] = os.environ[name]
     if args.batch_size or os.environ.get("BATCH_SIZE"):
@@ -167,6 +174,8 @@ class Throughput:
         self.device = clip.device
         self.dtype = getattr(clip, "amp_dtype", None)
         self.project_counter = 1000
+        self.config = IMAGE_CONFIG
+        self.stored_rates: list[tuple[int, float]] = []  # (images, images/s until every embedding is stored)
 
     def _encode(self, x):
         """L2-normalized image embeddings of a ready input batch, in the encoder's precision."""
@@ -202,8 +211,11 @@ class Throughput:
         model.load()
         tasks = tasks_for(paths, self.root, 1)
         t0 = time.perf_counter()
-        out = model.predict(tasks)
+        # as /predict and imports embed: predictions returned without waiting for the store's writes
+        out = model.predict(tasks, inferred=model.infer_embedded(model.embed_tasks(tasks, writes="behind")))
         elapsed = time.perf_counter() - t0
+        flush_all()
+        self.stored_rates.append((len(paths), len(paths) / (time.perf_counter() - t0)))
         failed = sum(1 for r in out if not r)
         if failed:
             raise SystemExit(f"end-to-end: {failed} tasks without prediction")
@@ -297,7 +309,7 @@ def predict_latency(settings: Settings, root: Path, lat_paths: list[Path], reque
     return uncached, cached
 
 
-def summarize(runs: dict, uncached: list, cached: list) -> dict:
+def summarize(runs: dict, uncached: list, cached: list, stored: list = ()) -> dict:
     result = {
         "model_only_images_per_s": round(pooled(runs, "model_only"), 2),
         "end_to_end_images_per_s": round(pooled(runs, "end_to_end"), 2),
@@ -307,6 +319,8 @@ def summarize(runs: dict, uncached: list, cached: list) -> dict:
         "predict_uncached_p50_ms": round(percentile(uncached, 50), 2),
         "predict_uncached_p95_ms": round(percentile(uncached, 95), 2),
     }
+    if stored:  # the sustained rate: until every embedding is in the store
+        result["end_to_end_stored_images_per_s"] = round(sum(c for c, _ in stored) / sum(c / r for c, r in stored), 2)
     result["end_to_end_vs_model_only"] = round(result["end_to_end_images_per_s"] / result["model_only_images_per_s"], 3)
     result["end_to_end_vs_per_task_loop"] = round(
         result["end_to_end_images_per_s"] / result["per_task_loop_images_per_s"], 3)
@@ -359,9 +373,12 @@ def main(argv=None) -> int:
         f"cpus={os.cpu_count()} amp={bench.dtype}")
 
     bench.warm_up(next(iter(sets.values())))
+    if args.stages:
+        return stage_report(args, bench, sets, tmp, load_start)
+    bench.stored_rates.clear()  # the warm-up's
     runs = interleaved_runs(bench, sets, args)
     uncached, cached = predict_latency(settings, root, next(iter(sets.values())), args.predict_requests)
-    result = summarize(runs, uncached, cached)
+    result = summarize(runs, uncached, cached, bench.stored_rates)
     result["config"] = run_config(args, bench, load_start)
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -372,6 +389,22 @@ def main(argv=None) -> int:
         print(json.dumps(result))
     else:
         print_table(result)
+    return 0
+
+
+def stage_report(args, bench: Throughput, sets: dict, tmp: Path, load_start) -> int:
+    from bench.throughput_stages import measure, print_stage_table
+
+    report = measure(bench, sets, tmp, args)
+    report["config"] = run_config(args, bench, load_start)
+    report["config"].update(store_batch=args.store_batch, store_records=args.store_records,
+                            amp=str(bench.dtype), gpu_decode=bench.encoder.decodes_jpeg)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_stage_table(report)
     return 0
 
 

@@ -17,6 +17,7 @@ from backend.embed.encoders import get_encoder
 from backend.embed.fetch import Fetcher, decode_image
 from backend.embed.pipeline import Item, embed_items
 from backend.embed.store import open_store
+from backend.embed.write_behind import for_store
 from backend.config import Settings
 from tests.helpers import DATA_DIR, backend_env, encoder_spec, fetcher_kwargs, store_kwargs
 
@@ -141,7 +142,8 @@ def test_an_interrupted_run_keeps_finished_batches(tmp_path, settings, encoder, 
                     workers=2, progress=CtrlC())
     assert len(first.batches) == 1 and store.count("9", encoder.id) == first.batches[0] >= 1
     kept = first.batches[0]
-    assert not [t for t in threading.enumerate() if t.name.startswith(("fetch", "store-writer"))]
+    assert not [t for t in threading.enumerate() if t.name.startswith("fetch")]
+    assert for_store(store).backlog == 0  # the store-writer thread outlives the run; nothing is left waiting
 
     counted = []
 
@@ -190,3 +192,30 @@ def test_embed_project_folder_is_resumable(tmp_path, monkeypatch, capsys, settin
     # the server reads what the script stored: same settings, same store, same collection
     store = open_store(**store_kwargs(Settings.from_env()))
     assert store.count(first["store_project"], encoder.id) == total - 1
+
+
+def test_stage_report_gives_every_stage_a_positive_rate_and_names_the_limit(monkeypatch, capsys, tmp_path):
+    """`python -m bench.throughput --stages` at CI size: each stage alone and together, JSON with the limit."""
+    from bench import throughput
+    from tests.helpers import minilm_path
+
+    monkeypatch.setenv("CLIP_PRETRAINED", "none")
+    monkeypatch.setenv("TEXT_MODEL", minilm_path())
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    code = throughput.main(["--stages", "--json", "--images", "8", "--loop-images", "2", "--sets", "cifar,64x48",
+                            "--store-records", "64", "--store-batch", "32", "--device", "cpu",
+                            "--batch-size", "8"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["sets"]) == {"cifar", "64x48"}
+    for name, row in report["sets"].items():
+        for stage in ("read", "decode_cpu", "encode", "together", "together_stored"):
+            assert row[stage] > 0, (name, stage)
+        assert row["decode_gpu"] is None  # CPU: no device decode
+        assert row["limit"] in ("read", "decode", "encode", "store_write_1w", "head_predict")
+        assert row["together_vs_limit"] > 0
+    shared = report["shared"]
+    for stage in ("store_write_1w", "store_write_2w_same", "store_write_2w_two", "store_read", "head_predict",
+                  "text_encode"):
+        assert shared[stage] > 0, stage
+    assert report["config"]["device"] == "cpu" and report["config"]["gpu_decode"] is False

@@ -12,8 +12,11 @@ the environment (CLIP_MODEL, CLIP_PRETRAINED, TEXT_MODEL, MODEL_DIR / CHROMA_PAT
 BATCH_SIZE, FETCH_WORKERS), and embedding goes through the model /predict uses, built the same way
 (backend.runtime.build: concurrent fetch and decode, batched encoding, batched Chroma writes).
 
-Resumable: every batch is stored as soon as it is encoded, and items already stored (same task,
-field and content hash) are skipped. Interrupt at any time (Ctrl-C) and run the same command again.
+Resumable: every batch goes to the store's write-behind as soon as it is encoded (large upserts from a
+background thread, at most 16,384 records waiting: the store's pace holds the encoder back, not memory),
+and items already stored (same task, field and content hash) are skipped. Interrupt at any time (Ctrl-C:
+what was encoded is written before the command exits; kill -9: at most the waiting records are lost) and
+run the same command again: it embeds only what is missing.
 Prints a progress bar (stderr) and a summary: embedded, skipped (already stored), failed, items/s.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import Settings, SettingsError
+from ..embed.write_behind import flush_all, for_store
 from ..labelstudio.client import LabelStudioAPI
 from ..labelstudio.labelconfig import ConfigError
 from ..model import ClipClassifier
@@ -179,12 +183,13 @@ def embed_all(model: ClipClassifier, task_iter: Iterator[dict], chunk_size: int,
             seen += len(chunk)
             for control in model.controls:
                 before = bar.count
-                model.embed(control, chunk, progress=bar)
+                model.embed(control, chunk, progress=bar, writes="behind")  # the store writes as we go
                 bar.update(len(chunk) - (bar.count - before))  # tasks without data never reach the pipeline
     except KeyboardInterrupt:
-        interrupted = True  # every encoded batch is already stored: a re-run continues from here
+        interrupted = True  # every encoded batch is written below: a re-run continues from here
     finally:
         bar.close()
+        flush_all()
     return seen, interrupted
 
 
@@ -200,6 +205,9 @@ def summarize(model: ClipClassifier, seen: int, elapsed: float, interrupted: boo
         "interrupted": interrupted,
         "store_project": model.project_id,
     }
+    if model.store is not None:  # embedded but not stored (a failing store): the next run embeds them again
+        behind = for_store(model.store)
+        summary["not_stored"] = behind.failed + behind.dropped
     return summary
 
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from .download import WATCHDOG, DeadlineAdapter, Origin, UnsafeURL, origin, origin_or_none
 from .errors import FetchError
+from .gpu_decode import JpegBytes, probe_jpeg
 from .images import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PIXELS_IN_FLIGHT, PixelBudget, decode_image
 
 __all__ = ["Auth", "Fetcher", "FetchError", "ItemLoader", "decode_image"]
@@ -259,8 +260,14 @@ class Fetcher:
         return data
 
     # -- decoded items -------------------------------------------------------------------------
-    def load_image(self, ref: str, task_id: int | None = None, target_size: int = 224) -> Image.Image:
-        return decode_image(self.fetch_bytes(ref, task_id), self.max_image_pixels, target_size, self.pixel_budget)
+    def load_image(self, ref: str, task_id: int | None = None, target_size: int = 224,
+                   jpeg_passthrough: bool = False) -> Image.Image | JpegBytes:
+        """The decoded image; with jpeg_passthrough, a plain JPEG comes back undecoded as JpegBytes (for an
+        encoder that decodes on its device, gpu_decode.py) and only other images are decoded here."""
+        data = self.fetch_bytes(ref, task_id)
+        if jpeg_passthrough and (jpeg := probe_jpeg(data, self.max_image_pixels)) is not None:
+            return jpeg
+        return decode_image(data, self.max_image_pixels, target_size, self.pixel_budget)
 
     def load_text(self, value, is_url: bool = False, task_id: int | None = None) -> str:
         if is_url:
@@ -286,12 +293,14 @@ class ItemLoader:
     modality: str  # "image" or "text"
     is_url: bool = False  # a text given as a URL (valueType="url")
     image_size: int = 224  # JPEG draft decoding targets the encoder's input size (more for larger models)
+    jpeg_passthrough: bool = False  # the encoder decodes plain JPEGs on its device (gpu_decode.py)
 
-    def __call__(self, item) -> Image.Image | str:
+    def __call__(self, item) -> Image.Image | JpegBytes | str:
         if self.modality == "image":
             if not isinstance(item.source, str):
                 raise FetchError(f"image reference is a {type(item.source).__name__}, not a URL")
-            return self.fetcher.load_image(item.source, task_id=item.task_id, target_size=self.image_size)
+            return self.fetcher.load_image(item.source, task_id=item.task_id, target_size=self.image_size,
+                                           jpeg_passthrough=self.jpeg_passthrough)
         return self.fetcher.load_text(item.source, is_url=self.is_url, task_id=item.task_id)
 
 

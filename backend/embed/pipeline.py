@@ -8,9 +8,12 @@ stream through three overlapping stages:
    one slow download never stalls the encoder;
 2. encode batches of BATCH_SIZE in the calling thread (one batched normalize, one model call); the
    first batches are smaller (1/8, 1/4, 1/2 of it), so the encoder starts after a few decodes;
-3. write each batch's embeddings to the store from a background writer thread, so the encoder never
-   waits on Chroma. Every batch is written as soon as it is encoded: an interrupted bulk run keeps
-   what it finished, and a re-run skips it.
+3. hand each batch's embeddings to the store's write-behind (write_behind.py): background threads
+   write them in large upserts, so the encoder never waits on Chroma. ``writes`` says what the caller
+   waits for: "wait" (the default: bulk runs and callers that read the store next) waits for its records
+   before returning, also when interrupted, so a re-run skips them; "behind" (imports, the sweep) returns
+   at once but waits for room when the backlog is full (bounded memory); "drop" (/predict) never waits:
+   a full backlog drops the records, which are embedded again when next needed.
 
 Embeddings come back aligned with the input items, whatever order they completed in.
 """
@@ -27,8 +30,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import BadItems
 from .fetch import FetchError
 from .store import EmbeddingStore, StoredItem, content_hash, record_id
+from .write_behind import for_store
+
+WRITE_MODES = ("wait", "behind", "drop")
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +69,16 @@ def embed_items(
     progress=None,
     deadline: float | None = None,
     stall_s: float | None = None,
+    writes: str = "wait",
 ) -> EmbedResult:
     """Embed items, reading and writing the store. progress.update(n) is called as items settle:
     cached ones at once, computed or failed ones batch by batch. ``deadline`` (time.monotonic()): items
     not loaded by then fail with that reason, and their downloads are not waited for (each ends at its own
     FETCH_DEADLINE in the background); DNS lookups and token refreshes are inside it too. ``stall_s``: the
-    same once no item has finished loading for that long (every download stalled; encoding does not count)."""
+    same once no item has finished loading for that long (every download stalled; encoding does not count).
+    ``writes``: see the module docstring."""
+    if writes not in WRITE_MODES:
+        raise ValueError(f"writes={writes!r}: one of {WRITE_MODES}")
     result = EmbedResult(embeddings=[None] * len(items), errors={})
     todo = _read_cache(items, encoder, store, project, result)
     if progress is not None and result.cached:
@@ -76,14 +87,14 @@ def embed_items(
         return result
 
     window = max(encoder.batch_size * 2, workers * 4)  # bounded look-ahead: memory stays flat for huge imports
-    writer = _StoreWriter(store, project, encoder.id) if store is not None else None
+    writer = _StoreWriter(store, project, encoder.id, writes) if store is not None else None
     prefetch = _Prefetcher(items, encoder, load, workers=min(workers, len(todo)))
     try:
         _encode_as_ready(prefetch.completed(todo, window, deadline, stall_s), items, encoder, writer, result, progress)
     finally:
         prefetch.close(wait=not prefetch.cut)  # on interrupt: drop queued work, finish running items
         if writer is not None:
-            writer.close()  # everything encoded so far is stored, also when interrupted
+            writer.close()  # "wait": everything encoded so far is stored, also when interrupted
     for index in todo:
         if result.embeddings[index] is None and index not in result.errors:
             result.errors[index] = "not loaded before the request's deadline (FETCH_DEADLINE, PREDICT_TIMEOUT)"
@@ -171,28 +182,22 @@ def _encode_as_ready(completed, items, encoder, writer, result: EmbedResult, pro
 
 
 class _StoreWriter:
-    """Writes batches to the store from one background thread, in order; close() waits for all."""
+    """This call's side of the store's write-behind: puts each batch, and on close waits for its records
+    when the mode is "wait"."""
 
-    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str):
-        self.store, self.project, self.encoder_id = store, project, encoder_id
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+    def __init__(self, store: EmbeddingStore, project: str, encoder_id: str, writes: str):
+        self.behind = for_store(store)
+        self.project, self.encoder_id, self.writes = project, encoder_id, writes
+        self.ids: set[str] = set()
 
     def put(self, records: list[StoredItem]) -> None:
-        if records:
-            self._queue.put(records)
+        queued = self.behind.put(self.project, self.encoder_id, records, block=self.writes != "drop")
+        if self.writes == "wait":
+            self.ids.update(record_id(r.task_id, r.field) for r in records[:queued])
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while (records := self._queue.get()) is not None:
-            try:
-                self.store.put_many(self.project, self.encoder_id, records)
-            except Exception as exc:
-                logger.warning("embedding store write failed (%s); predictions still served", exc)
+        if self.ids:
+            self.behind.flush(keys=(self.project, self.encoder_id, self.ids))
 
 
 def _read_cache(items, encoder, store, project, result) -> list[int]:
@@ -203,6 +208,12 @@ def _read_cache(items, encoder, store, project, result) -> list[int]:
             found = store.get_many(project, encoder.id, [(it.task_id, it.field, it.hash) for _, it in keyed])
         except Exception as exc:  # a store outage slows us down; it must not stop predictions
             logger.warning("embedding store read failed (%s); embedding without cache", exc)
+        # records still waiting in the write-behind are as good as stored (same hash only)
+        waiting = for_store(store).pending(project, encoder.id, [record_id(it.task_id, it.field) for _, it in keyed])
+        for _, it in keyed:
+            rec = waiting.get(record_id(it.task_id, it.field))
+            if rec is not None and rec.hash == it.hash:
+                found[record_id(it.task_id, it.field)] = rec.embedding
     todo = []
     for i, it in enumerate(items):
         emb = found.get(record_id(it.task_id, it.field)) if it.task_id is not None else None
@@ -217,6 +228,14 @@ def _read_cache(items, encoder, store, project, result) -> list[int]:
 def _encode(indices, prepared, items, encoder, writer, result) -> None:
     try:
         emb = encoder.encode_batch(prepared)
+    except BadItems as bad:  # undecodable images found in the batch: the rest goes on without them
+        for position, reason in bad.reasons.items():
+            result.errors[indices[position]] = reason
+            logger.warning("task %s: no prediction: %s", items[indices[position]].task_id, reason)
+        keep = [k for k in range(len(prepared)) if k not in bad.reasons]
+        if keep:
+            _encode([indices[k] for k in keep], [prepared[k] for k in keep], items, encoder, writer, result)
+        return
     except Exception:
         logger.exception("encoder failed on a batch of %d; retrying one by one", len(prepared))
         emb = None
@@ -226,7 +245,7 @@ def _encode(indices, prepared, items, encoder, writer, result) -> None:
             try:
                 rows.append(encoder.encode_batch([p])[0])
             except Exception as exc:
-                result.errors[index] = f"encoder failed: {type(exc).__name__}"
+                result.errors[index] = str(exc) if isinstance(exc, FetchError) else f"encoder failed: {type(exc).__name__}"
                 rows.append(None)
     else:
         rows = list(emb)

@@ -26,10 +26,10 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
     model.load()  # loading weights (first request only) must not be mistaken for the pace of embedding
     margin = max(1.0, 0.2 * timeout_s)  # predicting the ready part (ranking) comes after
     # a chunk whose downloads all stall ends at FETCH_DEADLINE (plus a second), not one deadline per round
-    # of FETCH_WORKERS downloads
+    # of FETCH_WORKERS downloads; the response never waits for store writes (a full backlog drops them)
     stall = getattr(model.fetcher, "deadline_s", None)
     done, embedded = embed_until(model, tasks, deadline=started + timeout_s - margin,
-                                 stall_s=None if stall is None else stall + 1.0)
+                                 stall_s=None if stall is None else stall + 1.0, writes="drop")
     ready = model.predict(tasks[:done], inferred=model.infer_embedded(embedded))
     unserved = [t for t, r in zip(tasks[:done], ready) if not r]  # cut by the deadline (or failed): try again
     return ready + [[] for _ in tasks[done:]], unserved + tasks[done:]
@@ -37,10 +37,13 @@ def predict_in_time(model: ClipClassifier, tasks: list, timeout_s: float) -> tup
 
 def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = None,
                 progress: Callable[[int], None] | None = None,
-                stop: Callable[[], bool] | None = None, stall_s: float | None = None) -> tuple[int, dict]:
+                stop: Callable[[], bool] | None = None, stall_s: float | None = None,
+                writes: str = "behind") -> tuple[int, dict]:
     """Embed the tasks in growing chunks until all are done or the next chunk would end after
     ``deadline`` (time.monotonic()). Returns (how many leading tasks are done, their embeddings per
-    control as model.embed_tasks gives them), so nothing is fetched or read from the store twice."""
+    control as model.embed_tasks gives them), so nothing is fetched or read from the store twice.
+    ``writes`` (embed.pipeline): "behind" by default, so chunks never wait for the store's writes, but a full
+    backlog holds the next chunk back (bulk imports keep memory bounded)."""
     done, size, per_task = 0, FIRST_CHUNK, 0.0
     embedded: dict[str, tuple[list[int], list]] = {c.from_name: ([], []) for c in model.controls}
     while done < len(tasks):
@@ -51,7 +54,7 @@ def embed_until(model: ClipClassifier, tasks: list, deadline: float | None = Non
             break
         started, worked = time.monotonic(), _worked(model)
         # a chunk runs to its end (the pre-check above keeps it inside the deadline) unless its loads stall
-        for name, (indices, vectors) in model.embed_tasks(chunk, stall_s=stall_s).items():
+        for name, (indices, vectors) in model.embed_tasks(chunk, stall_s=stall_s, writes=writes).items():
             embedded[name][0].extend(done + i for i in indices)
             embedded[name][1].extend(vectors)
         # the pace of items that had to be fetched (cached ones cost next to nothing), as if the next

@@ -49,7 +49,8 @@ class UnknownConfig(ValueError):
 def encoder_spec(settings: Settings) -> EncoderSpec:
     """The encoders a backend with these settings uses."""
     return EncoderSpec(clip_model=settings.clip_model, clip_pretrained=settings.clip_pretrained,
-                       text_model=settings.text_model, device=settings.device, batch_size=settings.batch_size)
+                       text_model=settings.text_model, device=settings.device, batch_size=settings.batch_size,
+                       precision=settings.cuda_precision, gpu_decode=settings.gpu_decode)
 
 
 def queue_options(settings: Settings) -> QueueOptions:

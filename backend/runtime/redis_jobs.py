@@ -172,9 +172,11 @@ class RedisScheduler:
             self.redis.expire(pending, int(self.ttl) + 1)
             return f"project {project}: another worker is training it"
         self.redis.delete(pending)  # events from now on queue a new job
+        worker_key = _current_worker_key()
+        self._shorten_worker_ttl(worker_key)  # from the moment it holds the lock: it may be killed at once
         time.sleep(ThreadScheduler.burst_wait_s)  # as the thread scheduler: let a burst of events land first
         runs, failures = self.loop.runs[project], self.loop.failures[project]
-        ok = self._run_locked(project, lock)
+        ok = self._run_locked(project, lock, worker_key)
         # Events recorded after the loop's last look found the lock held or the marker set: queue them now.
         self.redis.delete(pending)
         log = self.loop.log
@@ -186,10 +188,8 @@ class RedisScheduler:
             raise TrainingFailed(f"project {project}: {self.loop.last_error.get(project)}")
         return f"project {project}: trained generation {log.generations(project)[1]}"
 
-    def _run_locked(self, project: str, lock) -> bool:
+    def _run_locked(self, project: str, lock, worker_key: str | None) -> bool:
         stop = threading.Event()
-        job = get_current_job()  # None outside an RQ worker (tests call run_job directly)
-        worker_key = f"{Worker.redis_worker_namespace_prefix}{job.worker_name}" if job and job.worker_name else None
         beat = threading.Thread(target=self._heartbeat, args=(lock, stop, worker_key), name=f"lock-{project}",
                                 daemon=True)
         beat.start()
@@ -232,8 +232,7 @@ class RedisScheduler:
                            "TRAINING_LOCK_TTL_S); stopping before saving or publishing")
 
     def _heartbeat(self, lock, stop: threading.Event, worker_key: str | None = None) -> None:
-        """Renews the lock; and the RQ worker's own key, which RQ sets to live as long as the job may (an
-        hour): a worker killed -9 mid-job then leaves the worker list (/status) within 3 lock TTLs."""
+        """Renews the lock, and keeps the RQ worker's own key short-lived (_shorten_worker_ttl)."""
         while not stop.wait(self.ttl / 3):
             try:
                 lock.extend(self.ttl, replace_ttl=True)
@@ -242,11 +241,26 @@ class RedisScheduler:
                 return  # lost for good; the fence stops the run
             except (redis.RedisError, redis.exceptions.LockError) as exc:
                 logger.warning("cannot extend the training lock %s: %s", lock.name, exc)
-            try:
-                if worker_key:
-                    self.redis.expire(worker_key, int(3 * self.ttl) + 1)
-            except redis.RedisError:
-                pass
+            self._shorten_worker_ttl(worker_key)
+
+    def _shorten_worker_ttl(self, worker_key: str | None) -> None:
+        """RQ sets a busy worker's key to live as long as its job may (an hour): keep it to 3 lock TTLs, so
+        a worker killed -9 mid-job leaves the worker list (/status) soon after."""
+        if not worker_key:
+            return
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.expire(worker_key, int(3 * self.ttl) + 1)
+                pipe.expire(worker_key + ":executions", int(3 * self.ttl) + 1)
+                pipe.execute()
+        except redis.RedisError:
+            pass
+
+
+def _current_worker_key() -> str | None:
+    """The RQ worker's own Redis key; None outside an RQ worker (tests call run_job directly)."""
+    job = get_current_job()
+    return f"{Worker.redis_worker_namespace_prefix}{job.worker_name}" if job and job.worker_name else None
 
 
 def train_project(project: str, *_legacy) -> str:

@@ -36,6 +36,7 @@ def overview(runtime: Runtime, project: str) -> dict:
         "serving": model.model_version, "trained": model.trained, "audit": _audit(report.get("audit")),
         "label_errors": report.get("label_errors_flagged"), "labeled": runtime.log.count(project),
         "curve": curve_chart(report.get("learning_curve") or []),
+        "versions_trained": len(report.get("learning_curve") or []),
         "report_url": f"/reports/latest?project={project}" if version is not None else None,
         "label_studio_url": f"{connection.url.rstrip('/')}/projects/{project}/data" if connection.url else None,
         "error": error,

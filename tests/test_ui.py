@@ -124,11 +124,14 @@ def test_labeling_config_text_is_escaped_on_the_page(client):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "<img src=x" not in html
 
 
-def test_learning_curve_chart_draws_audit_intervals_and_marks_test_split_points():
+def test_learning_curve_chart_draws_audit_intervals_and_leaves_out_unaudited_versions():
+    # a version measured only on its test split (labels people chose, not an unbiased sample) is no point
     chart = curve_chart([{"n_labels": 10, "test_accuracy": 0.6},
+                         {"n_labels": 20, "audit_accuracy": 0.7, "audit_low": 0.4, "audit_high": 0.9},
                          {"n_labels": 40, "audit_accuracy": 0.8, "audit_low": 0.7, "audit_high": 0.9}])
     first, second = chart["marks"]
-    assert not first["audited"] and "test split" in first["label"]
-    assert second["audited"] and second["y_high"] < second["y"] < second["y_low"]  # SVG y grows downwards
-    assert second["x"] == chart["width"] - chart["pad"] and first["x"] < second["x"]
+    assert "20 labels: 0.70 (0.40-0.90, audit)" == first["label"]
+    assert second["y_high"] < second["y"] < second["y_low"]  # SVG y grows downwards
+    assert second["x"] == chart["width"] - chart["pad"] and first["x"] == chart["pad"] + (chart["width"] - 2 * chart["pad"]) / 2
+    assert curve_chart([{"n_labels": 10, "test_accuracy": 0.6}]) is None
     assert curve_chart([]) is None

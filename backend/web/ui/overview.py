@@ -52,19 +52,17 @@ def _audit(audit) -> dict | None:
 
 
 def curve_chart(curve: list) -> dict | None:
-    """SVG coordinates of the learning curve: audit accuracy with its interval where a version has an
-    audit set, else its test accuracy (marked), against the number of labels."""
+    """SVG coordinates of the learning curve: audit accuracy with its 95% interval against the number of
+    labels. Versions without an audit figure are left out: their test split is drawn from the labels
+    annotators or a search chose, not an unbiased sample of the pool, so it is no point to plot."""
     points = []
     for p in curve:
-        if not isinstance(p, dict) or p.get("n_labels") is None:
+        if not isinstance(p, dict) or p.get("n_labels") is None or p.get("audit_accuracy") is None:
             continue
-        audited = p.get("audit_accuracy") is not None
-        value = p.get("audit_accuracy") if audited else p.get("test_accuracy")
-        if value is None:
-            continue
-        low = p.get("audit_low") if audited and p.get("audit_low") is not None else value
-        high = p.get("audit_high") if audited and p.get("audit_high") is not None else value
-        points.append((int(p["n_labels"]), float(value), float(low), float(high), audited))
+        value = float(p["audit_accuracy"])
+        low = p.get("audit_low") if p.get("audit_low") is not None else value
+        high = p.get("audit_high") if p.get("audit_high") is not None else value
+        points.append((int(p["n_labels"]), value, float(low), float(high)))
     if not points:
         return None
     most = max(n for n, *_ in points) or 1
@@ -76,7 +74,6 @@ def curve_chart(curve: list) -> dict | None:
         return CHART_H - PAD - (CHART_H - 2 * PAD) * min(max(v, 0.0), 1.0)
 
     marks = [{"x": round(x(n), 1), "y": round(y(v), 1), "y_low": round(y(lo), 1), "y_high": round(y(hi), 1),
-              "label": f"{n} labels: {v:.2f}" + (f" ({lo:.2f}-{hi:.2f}, audit)" if audited else " (test split)"),
-              "audited": audited} for n, v, lo, hi, audited in points]
+              "label": f"{n} labels: {v:.2f} ({lo:.2f}-{hi:.2f}, audit)"} for n, v, lo, hi in points]
     return {"width": CHART_W, "height": CHART_H, "pad": PAD, "most": most, "marks": marks,
             "polyline": " ".join(f"{m['x']},{m['y']}" for m in marks), "y0": y(0.0), "y1": y(1.0)}

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # prefix of this deployment's Chroma collections: several deployments share one Chroma server safely
     chroma_namespace: str = _env("CHROMA_NAMESPACE", "")
     chroma_timeout_s: float = _env("CHROMA_TIMEOUT", 10.0, gt=0)  # every call to a Chroma server
+    # the HNSW index of new collections (Chroma's defaults); at ~1M records recall needs a larger graph
+    chroma_hnsw_m: int = _env("CHROMA_HNSW_M", 16, ge=2, le=512)
+    chroma_hnsw_construction_ef: int = _env("CHROMA_HNSW_CONSTRUCTION_EF", 100, ge=1)
+    chroma_hnsw_search_ef: int = _env("CHROMA_HNSW_SEARCH_EF", 100, ge=1)  # existing collections too
     # training jobs on Redis + RQ; without REDIS_URL training runs in in-process threads
     redis_url: str | None = _env("REDIS_URL", repr=False)  # may hold a password
     rq_queue: str = _env("RQ_QUEUE", "clip-backend")

@@ -1,6 +1,6 @@
 """Boundary retrieval at scale: vector-store (HNSW) query vs exact numpy scan (not a test).
 
-    .venv/bin/python -m bench.retrieval [--json] [--sizes 100000 1000000]
+    .venv/bin/python -m bench.retrieval [--json] [--sizes 100000 1000000] [--graph 16:100 32:200]
 
 Synthetic but embedding-like vectors (float32, L2-normalized, d=384): K classes, each a mixture of
 sub-clusters, so neighbourhoods are meaningful as with real sentence/image embeddings. The head is
@@ -23,7 +23,8 @@ Per size n (default 100k and 1M) it reports:
 
 Indexes: Chroma (embedded PersistentClient in a temp dir, cosine space, batch add) and hnswlib
 (the HNSW library Chroma's index is built on, same M=16 / ef_construction=100 / ef_search=100
-defaults). By default Chroma is measured up to --chroma-max (100k: a 1M Chroma build with its
+defaults; --graph builds others, M:ef_construction, as CHROMA_HNSW_M / CHROMA_HNSW_CONSTRUCTION_EF
+set them in the backend). By default Chroma is measured up to --chroma-max (100k: a 1M Chroma build with its
 SQLite write path takes far longer than the budget on 2 cores) and hnswlib at every size.
 --json prints one JSON object.
 """
@@ -138,12 +139,13 @@ class HnswIndex:
 class ChromaIndexBench:
     name = "chroma"
 
-    def __init__(self, X, path):
+    def __init__(self, X, path, M=16, ef_construction=100):
         import chromadb
 
         self.client = chromadb.PersistentClient(path=str(path))
         self.coll = self.client.create_collection("bench", embedding_function=None,
-                                                  metadata={"hnsw:space": "cosine"})
+                                                  metadata={"hnsw:space": "cosine", "hnsw:M": M,
+                                                            "hnsw:construction_ef": ef_construction})
         step = min(5000, self.client.get_max_batch_size())
         for a in range(0, len(X), step):
             b = min(len(X), a + step)
@@ -207,6 +209,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float, default=30.0)
     ap.add_argument("--ef", type=int, nargs="+", default=[100, 400, 1000],
                     help="hnswlib ef_search values to sweep (the search uses max(ef, m))")
+    ap.add_argument("--graph", nargs="+", default=["16:100"], metavar="M:EF_CONSTRUCTION",
+                    help="HNSW graphs to build (Chroma's default 16:100; CHROMA_HNSW_M / "
+                         "CHROMA_HNSW_CONSTRUCTION_EF in the backend)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", default="/tmp/al_bench", help="writes retrieval.json here")
     return ap.parse_args(argv)
@@ -227,13 +232,16 @@ def closest_pairs(means: np.ndarray, n_pairs: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def bench_index(kind: str, n: int, X, y, means, pairs, args, threads: int, entry: dict) -> None:
-    """Build one index over X and measure it (hnswlib: at every --ef) into entry["indexes"]."""
+def bench_index(kind: str, graph: tuple[int, int], n: int, X, y, means, pairs, args, threads: int,
+                entry: dict) -> None:
+    """Build one index over X with graph (M, ef_construction) and measure it (hnswlib: at every --ef)."""
+    M, ef_c = graph
     tmp = Path(tempfile.mkdtemp(prefix="bench_retrieval_"))
     try:
-        log(f"[{n}] building {kind} ...")
+        log(f"[{n}] building {kind} M={M} ef_construction={ef_c} ...")
         t = time.perf_counter()
-        index = HnswIndex(X, threads=threads) if kind == "hnswlib" else ChromaIndexBench(X, tmp)
+        index = (HnswIndex(X, M=M, ef_construction=ef_c, threads=threads) if kind == "hnswlib"
+                 else ChromaIndexBench(X, tmp, M=M, ef_construction=ef_c))
         build = time.perf_counter() - t
         log(f"[{n}] {kind} built in {build:.0f}s; querying {len(pairs)} pairs")
         efs = args.ef if kind == "hnswlib" else [None]
@@ -242,8 +250,9 @@ def bench_index(kind: str, n: int, X, y, means, pairs, args, threads: int, entry
                 index.ef_search = ef
             r = measure(X, y, means, index, pairs, args.m, args.k, args.temperature)
             r["build_seconds"] = round(build, 1)
+            r["M"], r["ef_construction"] = M, ef_c
             r["ef_search"] = max(ef, args.m) if ef is not None else "chroma default (100; max(ef, m) used)"
-            label = kind if ef is None else f"{kind}_ef{ef}"
+            label = (kind if ef is None else f"{kind}_ef{ef}") + ("" if graph == (16, 100) else f"_M{M}_efc{ef_c}")
             entry["indexes"][label] = r
             log(f"[{n}] {label}: " + json.dumps({k: (round(v, 5) if isinstance(v, float) else v)
                                                  for k, v in r.items()}))
@@ -261,8 +270,10 @@ def main(argv=None) -> int:
         X, y, means = make_vectors(n, args.dim, args.classes, args.subclusters, seed=n)
         entry = {"n": n, "generate_seconds": round(time.perf_counter() - t, 1), "indexes": {}}
         pairs = closest_pairs(means, args.queries)
-        for kind in ["hnswlib"] + (["chroma"] if n <= args.chroma_max else []):
-            bench_index(kind, n, X, y, means, pairs, args, threads, entry)
+        graphs = [tuple(int(v) for v in g.split(":")) for g in args.graph]
+        for graph in graphs:
+            for kind in ["hnswlib"] + (["chroma"] if n <= args.chroma_max else []):
+                bench_index(kind, graph, n, X, y, means, pairs, args, threads, entry)
         if n > args.chroma_max:
             entry["indexes"]["chroma"] = {"skipped": f"not built above --chroma-max={args.chroma_max}; "
                                                      "hnswlib is the same HNSW algorithm and parameters"}

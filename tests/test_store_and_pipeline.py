@@ -81,3 +81,22 @@ def test_store_upsert_replaces_stale_hash(tmp_path):
     store.put_many("1", "enc", [StoredItem(5, "image", "h2", -v)])
     assert store.count("1", "enc") == 1
     np.testing.assert_allclose(store.get_many("1", "enc", [(5, "image", "h2")])["5:image"], -v)
+
+
+def test_hnsw_settings_build_new_collections_and_widen_the_search_of_existing_ones(tmp_path, caplog):
+    from backend.embed.store import HnswParams
+    from backend.runtime.models import store_kwargs
+
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path), "CHROMA_HNSW_M": "32",
+                                  "CHROMA_HNSW_CONSTRUCTION_EF": "200", "CHROMA_HNSW_SEARCH_EF": "400"})
+    assert store_kwargs(settings)["hnsw"] == HnswParams(M=32, construction_ef=200, search_ef=400)
+    old = open_store(path=tmp_path / "c")  # Chroma's defaults
+    old.put_many("1", "enc", [StoredItem(5, "image", "h1", np.ones(4, np.float32) / 2)])
+    store = open_store(path=tmp_path / "c", hnsw=store_kwargs(settings)["hnsw"])
+    with caplog.at_level("WARNING"):
+        existing = store.collection("1", "enc").configuration["hnsw"]
+    assert (existing["max_neighbors"], existing["ef_construction"], existing["ef_search"]) == (16, 100, 400)
+    assert "CHROMA_HNSW_M=32" in caplog.text  # the graph is fixed once built: the log says the setting waits
+    new = store.collection("2", "enc").configuration["hnsw"]
+    assert (new["max_neighbors"], new["ef_construction"], new["ef_search"]) == (32, 200, 400)
+    assert set(store.get_many("1", "enc", [(5, "image", "h1")])) == {"5:image"}  # nothing lost

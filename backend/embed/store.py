@@ -48,6 +48,19 @@ def collection_name(project: str, encoder_id: str, namespace: str = "") -> str:
     return slug
 
 
+@dataclass(frozen=True)
+class HnswParams:
+    """Chroma's HNSW graph for new collections (M, construction_ef: fixed once built) and its search
+    breadth (search_ef: applied to existing collections too). Defaults are Chroma's own; at a million
+    records recall needs a larger graph (docs/active_learning.md, "retrieval at scale")."""
+    M: int = 16
+    construction_ef: int = 100
+    search_ef: int = 100
+
+    def metadata(self) -> dict:
+        return {"hnsw:M": self.M, "hnsw:construction_ef": self.construction_ef, "hnsw:search_ef": self.search_ef}
+
+
 @dataclass
 class StoredItem:
     task_id: int
@@ -57,9 +70,11 @@ class StoredItem:
 
 
 def open_store(*, path: Path | str | None = None, host: str | None = None, port: int = 8000, ssl: bool = False,
-               auth_token: str | None = None, namespace: str = "", timeout_s: float | None = 10.0) -> "EmbeddingStore":
+               auth_token: str | None = None, namespace: str = "", timeout_s: float | None = 10.0,
+               hnsw: HnswParams | None = None) -> "EmbeddingStore":
     """A store on a Chroma server (host given; every call gives up after timeout_s) or on an embedded
-    Chroma persisted under path. ``namespace``: this deployment's prefix of collection names."""
+    Chroma persisted under path. ``namespace``: this deployment's prefix of collection names; ``hnsw``:
+    the index parameters of the collections it creates."""
     import chromadb
 
     if host:
@@ -73,12 +88,12 @@ def open_store(*, path: Path | str | None = None, host: str | None = None, port:
             session = client._server._session
             session.timeout = httpx.Timeout(timeout_s)
             session.request = _Breaker(session.request, max(2 * timeout_s, 10.0))
-        return EmbeddingStore(client, namespace)
+        return EmbeddingStore(client, namespace, hnsw)
     if path is None:
         raise ValueError("open_store needs a path (embedded Chroma) or a host (Chroma server)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return EmbeddingStore(chromadb.PersistentClient(path=str(path)), namespace)
+    return EmbeddingStore(chromadb.PersistentClient(path=str(path)), namespace, hnsw)
 
 
 def _within(timeout_s: float | None, make):
@@ -133,9 +148,10 @@ class _Breaker:
 class EmbeddingStore:
     """Cache of item embeddings. get_many() returns what is stored and still fresh; put_many() upserts."""
 
-    def __init__(self, client, namespace: str = ""):
+    def __init__(self, client, namespace: str = "", hnsw: HnswParams | None = None):
         self.client = client
         self.namespace = namespace
+        self.hnsw = hnsw or HnswParams()
         self._collections: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -145,12 +161,31 @@ class EmbeddingStore:
             if name not in self._collections:
                 if self.namespace:
                     self._adopt_unprefixed(name, project, encoder_id)
-                self._collections[name] = self.client.get_or_create_collection(
+                collection = self.client.get_or_create_collection(
                     name=name,
                     embedding_function=None,
-                    metadata={"hnsw:space": "cosine", "project": str(project), "encoder": encoder_id},
+                    metadata={"hnsw:space": "cosine", "project": str(project), "encoder": encoder_id,
+                              **self.hnsw.metadata()},
                 )
+                try:
+                    self._align_hnsw(collection)
+                except Exception as exc:  # index tuning never blocks the store (e.g. an older Chroma server)
+                    logger.warning("Chroma: could not apply CHROMA_HNSW_SEARCH_EF to %s: %s", name, exc)
+                self._collections[name] = collection
             return self._collections[name]
+
+    def _align_hnsw(self, collection) -> None:
+        """An existing collection keeps the graph it was built with; its search breadth follows the setting."""
+        hnsw = (getattr(collection, "configuration", None) or {}).get("hnsw") or {}
+        if hnsw.get("ef_search") not in (None, self.hnsw.search_ef):
+            collection.modify(configuration={"hnsw": {"ef_search": self.hnsw.search_ef}})
+            logger.info("Chroma: %s searches with ef %d now (CHROMA_HNSW_SEARCH_EF)",
+                        collection.name, self.hnsw.search_ef)
+        built = (hnsw.get("max_neighbors"), hnsw.get("ef_construction"))
+        if None not in built and built != (self.hnsw.M, self.hnsw.construction_ef):
+            logger.warning("Chroma: %s was built with M=%s, construction_ef=%s; CHROMA_HNSW_M=%d and "
+                           "CHROMA_HNSW_CONSTRUCTION_EF=%d apply to collections created from now on",
+                           collection.name, *built, self.hnsw.M, self.hnsw.construction_ef)
 
     def _adopt_unprefixed(self, name: str, project: str, encoder_id: str) -> None:
         """Once, when CHROMA_NAMESPACE is first set: the collection written before under the name without a

@@ -28,7 +28,7 @@ from typing import Callable
 from ..config import Settings
 from ..embed.encoders import EncoderSpec
 from ..embed.fetch import Fetcher
-from ..embed.store import EmbeddingStore, open_store
+from ..embed.store import EmbeddingStore, HnswParams, open_store
 from ..labelstudio.client import LabelStudioAuth
 from ..model import ClipClassifier, ModelLoadError, QueueOptions
 from ..state.annotations import AnnotationLog
@@ -77,7 +77,9 @@ def store_kwargs(settings: Settings) -> dict:
     """open_store(**store_kwargs(settings)): a Chroma server when CHROMA_HOST is set, else embedded Chroma."""
     return {"path": settings.resolved_chroma_path, "host": settings.chroma_host, "port": settings.chroma_port,
             "ssl": settings.chroma_ssl, "auth_token": settings.chroma_auth_token,
-            "namespace": settings.chroma_namespace, "timeout_s": settings.chroma_timeout_s}
+            "namespace": settings.chroma_namespace, "timeout_s": settings.chroma_timeout_s,
+            "hnsw": HnswParams(M=settings.chroma_hnsw_m, construction_ef=settings.chroma_hnsw_construction_ef,
+                               search_ef=settings.chroma_hnsw_search_ef)}
 
 
 class SharedStore:

@@ -100,7 +100,15 @@ def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_cur
         return sum(choices[t["id"]] == t["data"]["truth"] for t in pool) / len(pool)
     print(f"\n[queue e2e] pool accuracy on {len(pool)} unlabeled tasks: zero-shot {pool_accuracy(zero_shot_choices):.3f}, "
           f"{version} {pool_accuracy(trained_choices):.3f}")
-    assert pool_accuracy(trained_choices) > pool_accuracy(zero_shot_choices)
+    served_report = requests.get(backend + f"/reports/latest?project={project_id}&format=json", timeout=10).json()
+    assert served_report["version"] == version
+    if served_report["head"] == "zero-shot":
+        # with ~15 labels cross-validation can keep zero-shot (1 of 5 full runs here, log loss 0.54 against
+        # the heads trained on 15 items): then the served head is zero-shot, and its report says why
+        assert "cross-validat" in served_report["selection"], served_report["selection"]
+        assert trained_choices == {i: zero_shot_choices[i] for i in trained_choices}
+    else:
+        assert pool_accuracy(trained_choices) > pool_accuracy(zero_shot_choices)
     held = _held(ls, project_id)
     # deleting a version clears a live project's model version in Label Studio: the backend sets it again
     assert ls.get_project(project_id)["model_version"] == TITLE

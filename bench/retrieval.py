@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.embed.store import HnswParams
 from backend.learn.heads import softmax
 from backend.queue import crossing_point, top2_margin
 
@@ -143,9 +144,9 @@ class ChromaIndexBench:
         import chromadb
 
         self.client = chromadb.PersistentClient(path=str(path))
+        graph = HnswParams(M=M, construction_ef=ef_construction).metadata()  # the backend's own keys
         self.coll = self.client.create_collection("bench", embedding_function=None,
-                                                  metadata={"hnsw:space": "cosine", "hnsw:M": M,
-                                                            "hnsw:construction_ef": ef_construction})
+                                                  metadata={"hnsw:space": "cosine", **graph})
         step = min(5000, self.client.get_max_batch_size())
         for a in range(0, len(X), step):
             b = min(len(X), a + step)

@@ -13,8 +13,8 @@ tiny pool with --quick) gets a share --rate (10%) of its labels flipped, in two 
 
 Out-of-fold probabilities come from the shipped head (LogisticHead(C=10), as candidate_heads) over
 5 folds (backend.learn.label_errors.out_of_fold_proba). Three flaggers run on the same
-probabilities: ours (confident_issues: the confident joint's count, ranked by normalized
-margin), cleanlab's default (cleanlab.filter.find_label_issues(labels, pred_probs), ranked by
+probabilities: ours (with_neighbours, then confident_issues: the confident joint's count, ranked by
+suspicion, cut by precise_cut), cleanlab's default (cleanlab.filter.find_label_issues(labels, pred_probs), ranked by
 self-confidence) and "the model disagrees" (argmax != given, ranked by margin). Against the truly
 flipped items: precision, recall, F1 of the flagged set and precision among the top 5% of the
 pool in each ranking; and the held-out accuracy of the head retrained after the flagged items are
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.learn.heads import LogisticHead
-from backend.learn.label_errors import confident_issues, out_of_fold_proba
+from backend.learn.label_errors import confident_issues, out_of_fold_proba, with_neighbours
 from bench.datasets import SPECS, embedded, image_encoder_missing, log
 
 HEAD_C = 10.0  # the LogisticHead among candidate_heads
@@ -61,9 +61,10 @@ def plant_noise(y: np.ndarray, K: int, X: np.ndarray, kind: str, rate: float, se
     return noisy
 
 
-def flag_rankings(proba: np.ndarray, noisy: np.ndarray, checkable: np.ndarray) -> dict[str, np.ndarray]:
+def flag_rankings(proba: np.ndarray, noisy: np.ndarray, checkable: np.ndarray, X: np.ndarray) -> dict[str, np.ndarray]:
     """Flagged item indices per method, most suspicious first (cleanlab sees the checkable items only:
-    the rows of classes with one label are not probabilities)."""
+    the rows of classes with one label are not probabilities). Ours blends the head's probabilities with the
+    labeled neighbours' votes as the product does; the baselines see the head's probabilities alone."""
     from cleanlab.filter import find_label_issues
 
     rows = np.arange(len(noisy))
@@ -79,7 +80,7 @@ def flag_rankings(proba: np.ndarray, noisy: np.ndarray, checkable: np.ndarray) -
     cleanlab_ranked = idx[find_label_issues(local, sub, return_indices_ranked_by="self_confidence")]
     cleanlab_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = confident_issues(proba, noisy, checkable)[0]
+    ours = confident_issues(with_neighbours(proba, X, noisy, checkable), noisy, checkable)[0]
     ours_seconds = time.perf_counter() - t0
     disagree = idx[proba[idx].argmax(axis=1) != noisy[idx]]
     disagree = disagree[np.argsort(-margin[disagree], kind="stable")]
@@ -115,7 +116,7 @@ def run_dataset(name: str, quick: bool, cache: Path, pool: int, rate: float, see
             t0 = time.perf_counter()
             proba, checkable = out_of_fold_proba(make_head(d.K), X, noisy, d.K, folds=5, seed=seed)
             oof_seconds = time.perf_counter() - t0
-            ranked = flag_rankings(proba, noisy, checkable)
+            ranked = flag_rankings(proba, noisy, checkable, X)
             row = {"seed": seed, "n": len(y), "flipped": int(flipped.sum()), "oof_seconds": oof_seconds,
                    "seconds": ranked.pop("_seconds"),
                    "acc_noisy": held_out_accuracy(X, noisy, d.X_test, d.y_test, d.K),

@@ -133,7 +133,8 @@ def calibrated_log_loss(proba: np.ndarray, y: np.ndarray) -> tuple[float, float]
 
 @dataclass
 class CVScores:
-    """A candidate's out-of-fold figures (all repeats pooled; oof is the first repeat's probabilities)."""
+    """A candidate's out-of-fold figures (all repeats pooled; oof: the repeats' mean probabilities for single
+    choice, the first repeat's decisions for multiple)."""
 
     score: float  # the selection score: lower is better
     accuracy: float
@@ -215,4 +216,4 @@ def cv_scores(runs: list[np.ndarray], data: LabeledData, plan: CVPlan) -> CVScor
     loss, _ = calibrated_log_loss(P, y)
     accuracy = float((P.argmax(axis=1) == y).mean())
     raw = float(-log_probabilities(P)[np.arange(len(y)), y].mean())
-    return CVScores(loss, accuracy, raw, runs[0])
+    return CVScores(loss, accuracy, raw, np.mean(runs, axis=0))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -25,7 +24,7 @@ from .audit import accuracy_headline, accuracy_on, audit_summary, effective_shar
 from .cross_validation import (SPLITS, CVPlan, CVScores, LabeledData, cv_scores, out_of_fold, plan_cv, prepare,
                                refit, split_of)  # noqa: F401  (split_of is part of this module's interface)
 from .heads import DEFAULT_PRIOR_C, Head, PromptPriorHead, ZeroShotHead, blas_limit, candidate_heads
-from .label_errors import MAX_REPORTED, review_from_proba
+from .label_errors import MAX_REPORTED, review_from_proba, with_neighbours
 from .metrics import evaluate, finite, indicator, json_safe
 
 RESELECT_GROWTH = 1.25  # cross-validate the candidates again once the training labels grew by a quarter
@@ -174,7 +173,8 @@ def _honest_test_accuracy(report: dict) -> None:
 def _label_errors(winner: Head, winner_scores: CVScores | None, data: LabeledData, plan: CVPlan, task_ids) -> dict:
     """Suspected label errors among all labeled items (audit annotations can be wrong too), from
     probabilities that never saw the item's own label: the selection's out-of-fold ones for training
-    items, the winner's for audit items (never trained on)."""
+    items (the mean of its repeats), the winner's for audit items (never trained on); each blended with
+    its labeled neighbours' votes (label_errors.with_neighbours)."""
     if data.multiple:
         return {"label_errors": [], "label_errors_checked": 0, "label_errors_flagged": 0,
                 "label_errors_note": "single choice only"}
@@ -189,6 +189,7 @@ def _label_errors(winner: Head, winner_scores: CVScores | None, data: LabeledDat
     if len(te):
         proba[te] = winner.predict_proba(data.X[te])
         checkable[te] = (in_train[data.Y[te]] >= 1) | isinstance(winner, ZeroShotHead)
+    proba = with_neighbours(proba, data.X, data.Y, checkable)
     review = review_from_proba(proba, data.Y, checkable, task_ids, data.label_names)
     return {"label_errors": review.errors[:MAX_REPORTED], "label_errors_checked": review.checked,
             "label_errors_flagged": len(review.errors), "label_errors_note": None}
@@ -279,7 +280,7 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
             winner_scores = scores[best_i]
             if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):
                 winner_scores = CVScores(float("nan"), float("nan"), float("nan"),
-                                        out_of_fold([winner], data, replace(plan, folds=plan.folds[:1]))[0][0])
+                                        np.mean(out_of_fold([winner], data, plan)[0], axis=0))
             report.update(_label_errors(winner, winner_scores, data, plan, list(task_ids)))
         else:
             report.update(label_errors=None, label_errors_checked=0, label_errors_flagged=0,

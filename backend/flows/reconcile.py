@@ -2,7 +2,8 @@
 first trained version the cold-start sample is embedded.
 
 A run's Label Studio traffic does not grow with the project: annotations arrive by webhook (already in
-the log), and a run only lists the tasks Label Studio changed since the last one. Every annotated task
+the log), and a run only lists the tasks Label Studio changed since the last one (of those created since,
+only the annotated: an import has nothing to reconcile). Every annotated task
 is listed when asked (START_TRAINING), on a project's first run, and at most every FULL_RECONCILE_S
 after the batch is published; the tasks without annotations are never listed on a run's path: before
 the first batch a few random pages give the cold-start sample if the store lacks one, and the sweep

@@ -85,12 +85,23 @@ class LabelStudioAPI:
 
     def changed_tasks(self, project: int, since: float) -> tuple[list[tuple[dict, dict]], list[int]]:
         """(labeled pairs as in tasks(), ids of every listed task) of the tasks Label Studio updated after
-        ``since`` (epoch seconds): creating, changing and deleting annotations touch a task's updated_at."""
+        ``since`` (epoch seconds): creating, changing and deleting annotations touch a task's updated_at.
+        Tasks created since then are listed only when annotated: an import of N tasks (Label Studio creates
+        them in the background, after our last look) has nothing to reconcile, and listing them with their
+        annotations and predictions would cost the next run N tasks' worth of Label Studio's time."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
-        query = json.dumps({"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp}]}})
-        tasks = self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=query,
-                                                               page_size=500)))
+
+        def listing(*items: dict) -> list:
+            query = json.dumps({"filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp},
+                *items]}})
+            return self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=query,
+                                                                  page_size=500)))
+        created = {"filter": "filter:tasks:created_at", "type": "Datetime", "value": stamp}
+        earlier = listing({**created, "operator": "less"})
+        newer = listing({**created, "operator": "greater_or_equal"},  # skips alone are no label: not needed
+                        {"filter": "filter:tasks:total_annotations", "operator": "greater", **_COUNT})
+        tasks = list({task.id: task for task in earlier + newer}.values())
         return _split(tasks)[0], [task.id for task in tasks]
 
     def project(self, project: int, fresh: bool = False):

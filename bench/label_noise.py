@@ -12,7 +12,7 @@ tiny pool with --quick) gets a share --rate (10%) of its labels flipped, in two 
   confusable class (the class whose mean embedding is nearest to c's).
 
 Out-of-fold probabilities come from the shipped head (LogisticHead(C=10), as candidate_heads) over
-5 folds (backend.learn.label_errors.out_of_fold_proba). Three flaggers run on the same
+5 folds (backend.learn.label_errors.out_of_fold_proba). Three flaggers run on these
 probabilities: ours (with_neighbours, then confident_issues: the confident joint's count, ranked by
 suspicion, cut by precise_cut), cleanlab's default (cleanlab.filter.find_label_issues(labels, pred_probs), ranked by
 self-confidence) and "the model disagrees" (argmax != given, ranked by margin). Against the truly

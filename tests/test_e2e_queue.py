@@ -170,3 +170,49 @@ def test_an_import_after_connecting_is_not_listed_by_the_next_run(label_studio, 
     assert reconciled["full"] is False
     # the annotated task and the batch the run replaced (12 + 12 at most), none of the 300 imported
     assert 1 <= reconciled["tasks"] <= 2 * BATCH + 1, reconciled
+
+
+def _latest_report(backend, project_id) -> dict:
+    return requests.get(backend + f"/reports/latest?project={project_id}&format=json", timeout=30).json()
+
+
+def _labels_trained_on(backend, project_id):
+    return (_latest_report(backend, project_id).get("counts") or {}).get("total")
+
+
+def test_a_label_deleted_while_webhooks_were_off_leaves_the_training_set_on_the_next_run(
+        label_studio, backend, sms_messages):
+    """The reconcile is the net under missed webhooks: a task imported after connecting is labeled (the
+    webhook records it), then its annotation is deleted while Label Studio's webhook is off; the next run
+    re-reads it and trains without that label."""
+    ls = label_studio
+    project_id = ls.create_project("missed webhook e2e", label_config("sms_spam.xml"))
+    ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sms_messages[700:740]])
+    ls.connect_ml_backend(project_id, backend, title=TITLE)
+    wait_until(lambda: _held(ls, project_id).get(TITLE), timeout=180, step=0.5, what="the cold-start batch")
+    _idle(backend)
+    label, text = sms_messages[800]
+    (new_task,) = ls.import_tasks(project_id, [{"text": text, "truth": label}])
+    annotation = ls.create_annotation(new_task, _choice(label))
+    wait_until(lambda: _labels_trained_on(backend, project_id) == 1, timeout=180, step=0.5, what="a run on 1 label")
+    _idle(backend)
+
+    hooks = ls.list_webhooks(project_id)
+    assert hooks
+    for hook in hooks:
+        ls.patch(f"/api/webhooks/{hook['id']}/", {"is_active": False})
+    ls.delete_annotation(annotation["id"])  # Label Studio tells nobody
+    for hook in hooks:
+        ls.patch(f"/api/webhooks/{hook['id']}/", {"is_active": True})
+
+    before = _latest_report(backend, project_id)["version"]
+    task = _next_task(ls, project_id)
+    assert task["id"] != new_task
+    ls.create_annotation(task["id"], _choice(task["data"]["truth"]))
+    wait_until(lambda: _latest_report(backend, project_id).get("version") != before, timeout=180, step=0.5,
+               what="the next run's version")
+    _idle(backend)
+    # that run trained on the new annotation alone: the deleted label was found and dropped
+    assert _labels_trained_on(backend, project_id) == 1
+    assert requests.get(backend + "/status", timeout=5).json()["training"]["last_run"][str(project_id)][
+        "reconciled"]["full"] is False

@@ -53,7 +53,15 @@ def reconcile(log: AnnotationLog, api: LabelStudioAPI | None, project: str, labe
         log.replace_all(project, [annotation_record(a, t) for a, t in labeled_pairs], label_config)
         listed = len(labeled_pairs)
     else:
-        labeled_pairs, changed = api.changed_tasks(int(project), reconciled_at - RECONCILE_SLACK_S)
+        since = reconciled_at - RECONCILE_SLACK_S
+        labeled_pairs, changed = api.changed_tasks(int(project), since)
+        # a task created since the last look that has no live annotation left (deleted, or made a skip) is in
+        # neither listing: re-read the log's labeled tasks created since then that were not listed (usually none)
+        first_new = api.first_task_created_since(int(project), since)
+        unlisted = [] if first_new is None else sorted(log.live_task_ids_from(project, first_new) - set(changed))
+        if unlisted:
+            labeled_pairs = labeled_pairs + api.labeled_among(int(project), unlisted)
+            changed = list(changed) + unlisted  # a task Label Studio no longer lists has no annotations
         log.apply_changes(project, changed, [annotation_record(a, t) for a, t in labeled_pairs])
         listed = len(changed)
     if seen is not None:

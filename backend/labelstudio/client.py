@@ -99,10 +99,21 @@ class LabelStudioAPI:
                                                                   page_size=500)))
         created = {"filter": "filter:tasks:created_at", "type": "Datetime", "value": stamp}
         earlier = listing({**created, "operator": "less"})
-        newer = listing({**created, "operator": "greater_or_equal"},  # skips alone are no label: not needed
+        newer = listing({**created, "operator": "greater_or_equal"},
                         {"filter": "filter:tasks:total_annotations", "operator": "greater", **_COUNT})
         tasks = list({task.id: task for task in earlier + newer}.values())
         return _split(tasks)[0], [task.id for task in tasks]
+
+    def first_task_created_since(self, project: int, since: float) -> int | None:
+        """The smallest id of the tasks created after ``since`` (ids grow with creation), None if none: a
+        listing of one task, without annotations or predictions."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
+        query = json.dumps({"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:created_at", "operator": "greater_or_equal", "type": "Datetime", "value": stamp}]},
+            "ordering": ["tasks:id"]})
+        first = self._read(lambda: next(iter(self.client.tasks.list(project=int(project), fields="task_only",
+                                                                    query=query, page_size=1)), None))
+        return None if first is None else int(first.id)
 
     def project(self, project: int, fresh: bool = False):
         """The project's settings, read once per API object (a training run builds one): the run's
@@ -182,6 +193,10 @@ class LabelStudioAPI:
     def set_model_version(self, project: int, model_version: str) -> None:
         self.pacer.call(lambda: self.client.projects.update(id=int(project), model_version=model_version))
         self._remember(project, "model_version", model_version)
+
+    def labeled_among(self, project: int, task_ids: list[int]) -> list[tuple[dict, dict]]:
+        """Labeled pairs as in tasks() of just these tasks (one listing per IDS_PER_QUERY)."""
+        return _split(list(self._selected(project, task_ids)))[0]
 
     def tasks_with_prediction(self, project: int, task_ids: list[int], model_version: str) -> set[int]:
         """Which of these tasks hold a prediction of this model version (one listing of just them)."""

@@ -48,6 +48,7 @@ NEIGHBOURS = 15  # labeled neighbours that vote on an item's class
 NEIGHBOUR_TEMPERATURE = 0.05  # of the cosine similarities weighting the votes (MiniLM / CLIP scale)
 NEIGHBOUR_REFERENCE = 2048  # labeled items the votes come from, at most (a random sample beyond): bounded cost
 NEIGHBOUR_WEIGHTS = (0.0, 0.25, 0.5)  # the blend's share of the votes, chosen by log loss on the labels
+VOTE_FLOOR = 1e-3  # per class, so a class no neighbour votes for is unlikely, not impossible
 
 
 def out_of_fold_proba(head, X: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
@@ -76,7 +77,9 @@ def out_of_fold_proba(head, X: np.ndarray, y: np.ndarray, n_classes: int, folds:
 def neighbour_proba(X: np.ndarray, y: np.ndarray, n_classes: int, k: int = NEIGHBOURS,
                     reference: int = NEIGHBOUR_REFERENCE, seed: int = 0, chunk: int = 1024) -> np.ndarray:
     """(n, n_classes) class probabilities from each item's k most similar labeled items (cosine, the item
-    itself left out), votes weighted by exp(similarity / NEIGHBOUR_TEMPERATURE). Cost O(n x reference)."""
+    itself left out), votes weighted by exp(similarity / NEIGHBOUR_TEMPERATURE) relative to the nearest one
+    (so the vote is as sharp at cosine 0.5 as at 0.9), then a floor of VOTE_FLOOR per class. Cost
+    O(n x reference)."""
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     n = len(y)
@@ -84,20 +87,22 @@ def neighbour_proba(X: np.ndarray, y: np.ndarray, n_classes: int, k: int = NEIGH
     ref = (np.arange(n) if n <= reference
            else np.sort(np.random.default_rng(seed).choice(n, reference, replace=False)))
     k = min(k, len(ref) - 1)
-    votes = np.full((n, n_classes), 1e-3)
+    votes = np.zeros((n, n_classes))
     if k < 1:
-        return votes / votes.sum(axis=1, keepdims=True)
+        return np.full((n, n_classes), 1.0 / n_classes)
     Zref, yref = Z[ref], y[ref]
     for start in range(0, n, chunk):
         rows = np.arange(start, min(start + chunk, n))
         sim = Z[rows] @ Zref.T
         sim[rows[:, None] == ref[None, :]] = -np.inf  # an item never votes for itself
         nn = np.argpartition(sim, -k, axis=1)[:, -k:]
-        weight = np.exp((np.take_along_axis(sim, nn, axis=1) - 1.0) / NEIGHBOUR_TEMPERATURE)
+        near = np.take_along_axis(sim, nn, axis=1)
+        weight = np.exp((near - near.max(axis=1, keepdims=True)) / NEIGHBOUR_TEMPERATURE)
         cells = (np.arange(len(rows))[:, None] * n_classes + yref[nn]).ravel()
-        votes[rows] += np.bincount(cells, weights=weight.ravel(), minlength=len(rows) * n_classes).reshape(
+        votes[rows] = np.bincount(cells, weights=weight.ravel(), minlength=len(rows) * n_classes).reshape(
             len(rows), n_classes)
-    return votes / votes.sum(axis=1, keepdims=True)
+    votes /= votes.sum(axis=1, keepdims=True)
+    return (votes + VOTE_FLOOR) / (1.0 + n_classes * VOTE_FLOOR)
 
 
 def with_neighbours(proba: np.ndarray, X: np.ndarray, y: np.ndarray, checkable: np.ndarray) -> np.ndarray:
@@ -179,7 +184,7 @@ def precise_cut(proba: np.ndarray, y: np.ndarray, checkable: np.ndarray, ranked_
     is bounded by min flagged(t) / recall(t) (wrong labels alone cannot outnumber what scores above t;
     confident learning's ``wrong_share`` only where too few injected labels score that high: it
     underestimates with a good head and overestimates with a weak one); precision(t) = pi x recall(t) /
-    flagged(t). flagged(t) is taken BOUND_STANDARD_ERRORS binomial standard errors high in the bound: the
+    flagged(t). flagged(t) is taken BOUND_STANDARD_ERRORS standard errors (sqrt(flagged / n)) high in the bound: the
     min over many cuts otherwise lands on one that few items clear by luck and cuts far too early (with
     errors between confusable classes, recall 0.19 of planted errors on banking77 instead of 0.24-0.27)."""
     idx = np.flatnonzero(checkable)
@@ -218,7 +223,8 @@ class LabelReview:
 
 
 def review_labels(head, X, y, task_ids, label_names, folds: int = 5, seed: int = 0) -> LabelReview:
-    """Out-of-fold probabilities of clones of head, then confident learning. Single choice only."""
+    """Out-of-fold probabilities of clones of head, blended with the neighbours' votes, then confident
+    learning. Single choice only."""
     if getattr(head, "multiple", False):
         return LabelReview([], 0)
     X = np.asarray(X, dtype=np.float32)

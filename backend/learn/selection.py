@@ -278,7 +278,8 @@ def train_and_select(X, Y, task_ids, prototypes, logit_scale: float, label_names
         _honest_test_accuracy(report)
         if label_review:
             winner_scores = scores[best_i]
-            if winner_scores is None and not plan.too_few_scored and not isinstance(winner, ZeroShotHead):
+            if (winner_scores is None and not plan.too_few_scored and not data.multiple
+                    and not isinstance(winner, ZeroShotHead)):
                 winner_scores = CVScores(float("nan"), float("nan"), float("nan"),
                                         np.mean(out_of_fold([winner], data, plan)[0], axis=0))
             report.update(_label_errors(winner, winner_scores, data, plan, list(task_ids)))

@@ -263,6 +263,13 @@ class AnnotationLog:
             ).fetchall()
         return [LabeledTask(t, json.loads(d), json.loads(lab), bool(gt), at) for t, d, lab, gt, at in rows]
 
+    def live_task_ids_from(self, project: str, first_id: int) -> set[int]:
+        """Tasks with id >= first_id holding a live annotation in the log."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT task_id FROM annotations WHERE project = ? AND deleted = 0 "
+                                    "AND task_id >= ?", (project, int(first_id))).fetchall()
+        return {int(task_id) for (task_id,) in rows}
+
     def count(self, project: str) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM annotations WHERE project = ? AND deleted = 0",

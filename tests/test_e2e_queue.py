@@ -51,6 +51,20 @@ def _choice(label):
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
 
+def _connected_project(ls, backend, title: str, messages) -> int:
+    """A project of these SMS messages, connected to the backend, once its cold-start batch is written."""
+    project_id = ls.create_project(title, label_config("sms_spam.xml"))
+    ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in messages])
+    ls.connect_ml_backend(project_id, backend, title=TITLE)
+    wait_until(lambda: _held(ls, project_id).get(TITLE), timeout=180, step=0.5, what="the cold-start batch")
+    _idle(backend)
+    return project_id
+
+
+def _latest_report(backend, project_id) -> dict:
+    return requests.get(backend + f"/reports/latest?project={project_id}&format=json", timeout=30).json()
+
+
 def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_current_head(
         label_studio, backend, sms_messages):
     ls = label_studio
@@ -100,7 +114,7 @@ def test_label_studio_serves_the_batch_first_and_every_opened_task_shows_the_cur
         return sum(choices[t["id"]] == t["data"]["truth"] for t in pool) / len(pool)
     print(f"\n[queue e2e] pool accuracy on {len(pool)} unlabeled tasks: zero-shot {pool_accuracy(zero_shot_choices):.3f}, "
           f"{version} {pool_accuracy(trained_choices):.3f}")
-    served_report = requests.get(backend + f"/reports/latest?project={project_id}&format=json", timeout=10).json()
+    served_report = _latest_report(backend, project_id)
     assert served_report["version"] == version
     if served_report["head"] == "zero-shot":
         # with ~15 labels cross-validation can keep zero-shot (1 of 5 full runs here, log loss 0.54 against
@@ -149,11 +163,7 @@ def test_an_import_after_connecting_is_not_listed_by_the_next_run(label_studio, 
     the batch it replaced), not every imported task with its annotations and predictions (Label Studio's
     slowest listing; 13,000 tasks took 26 s of bench.loop's first run)."""
     ls = label_studio
-    project_id = ls.create_project("import e2e", label_config("sms_spam.xml"))
-    ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sms_messages[300:340]])
-    ls.connect_ml_backend(project_id, backend, title=TITLE)
-    wait_until(lambda: _held(ls, project_id).get(TITLE), timeout=180, step=0.5, what="the cold-start batch")
-    _idle(backend)
+    project_id = _connected_project(ls, backend, "import e2e", sms_messages[300:340])
     imported = ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sms_messages[400:700]])
     assert len(imported) == 300
 
@@ -172,10 +182,6 @@ def test_an_import_after_connecting_is_not_listed_by_the_next_run(label_studio, 
     assert 1 <= reconciled["tasks"] <= 2 * BATCH + 1, reconciled
 
 
-def _latest_report(backend, project_id) -> dict:
-    return requests.get(backend + f"/reports/latest?project={project_id}&format=json", timeout=30).json()
-
-
 def _labels_trained_on(backend, project_id):
     return (_latest_report(backend, project_id).get("counts") or {}).get("total")
 
@@ -186,11 +192,7 @@ def test_a_label_deleted_while_webhooks_were_off_leaves_the_training_set_on_the_
     webhook records it), then its annotation is deleted while Label Studio's webhook is off; the next run
     re-reads it and trains without that label."""
     ls = label_studio
-    project_id = ls.create_project("missed webhook e2e", label_config("sms_spam.xml"))
-    ls.import_tasks(project_id, [{"text": text, "truth": label} for label, text in sms_messages[700:740]])
-    ls.connect_ml_backend(project_id, backend, title=TITLE)
-    wait_until(lambda: _held(ls, project_id).get(TITLE), timeout=180, step=0.5, what="the cold-start batch")
-    _idle(backend)
+    project_id = _connected_project(ls, backend, "missed webhook e2e", sms_messages[700:740])
     label, text = sms_messages[800]
     (new_task,) = ls.import_tasks(project_id, [{"text": text, "truth": label}])
     annotation = ls.create_annotation(new_task, _choice(label))

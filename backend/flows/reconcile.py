@@ -54,10 +54,9 @@ def reconcile(log: AnnotationLog, api: LabelStudioAPI | None, project: str, labe
         listed = len(labeled_pairs)
     else:
         since = reconciled_at - RECONCILE_SLACK_S
-        labeled_pairs, changed = api.changed_tasks(int(project), since)
+        labeled_pairs, changed, first_new = api.changed_tasks(int(project), since)
         # a task created since the last look that has no live annotation left (deleted, or made a skip) is in
         # neither listing: re-read the log's labeled tasks created since then that were not listed (usually none)
-        first_new = api.first_task_created_since(int(project), since)
         unlisted = [] if first_new is None else sorted(log.live_task_ids_from(project, first_new) - set(changed))
         if unlisted:
             labeled_pairs = labeled_pairs + api.labeled_among(int(project), unlisted)

@@ -24,6 +24,22 @@ UNANNOTATED = {"conjunction": "and", "items": [
     {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", **_COUNT}]}
 
 
+def _stamp(epoch: float) -> str:
+    """A Data Manager Datetime filter value."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(epoch))
+
+
+def _query(*items: dict, ordering: list[str] | None = None) -> str:
+    """A Data Manager query: every filter item must hold (``ordering``: e.g. ["tasks:id"])."""
+    query = {"filters": {"conjunction": "and", "items": list(items)}}
+    return json.dumps({**query, "ordering": ordering} if ordering else query)
+
+
+def _since(field: str, operator: str, epoch: float) -> dict:
+    """A Data Manager filter item on a task's created_at or updated_at."""
+    return {"filter": f"filter:tasks:{field}", "operator": operator, "type": "Datetime", "value": _stamp(epoch)}
+
+
 class AuthError(Exception):
     """No Authorization header could be made; str(error) says why (never the key)."""
 
@@ -83,37 +99,24 @@ class LabelStudioAPI:
                 return
             page += 1
 
-    def changed_tasks(self, project: int, since: float) -> tuple[list[tuple[dict, dict]], list[int]]:
-        """(labeled pairs as in tasks(), ids of every listed task) of the tasks Label Studio updated after
-        ``since`` (epoch seconds): creating, changing and deleting annotations touch a task's updated_at.
-        Tasks created since then are listed only when annotated: an import of N tasks (Label Studio creates
-        them in the background, after our last look) has nothing to reconcile, and listing them with their
-        annotations and predictions would cost the next run N tasks' worth of Label Studio's time."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
-
-        def listing(*items: dict) -> list:
-            query = json.dumps({"filters": {"conjunction": "and", "items": [
-                {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": stamp},
-                *items]}})
-            return self._read(lambda: list(self.client.tasks.list(project=int(project), fields="all", query=query,
-                                                                  page_size=500)))
-        created = {"filter": "filter:tasks:created_at", "type": "Datetime", "value": stamp}
-        earlier = listing({**created, "operator": "less"})
-        newer = listing({**created, "operator": "greater_or_equal"},
-                        {"filter": "filter:tasks:total_annotations", "operator": "greater", **_COUNT})
-        tasks = list({task.id: task for task in earlier + newer}.values())
-        return _split(tasks)[0], [task.id for task in tasks]
-
-    def first_task_created_since(self, project: int, since: float) -> int | None:
-        """The smallest id of the tasks created after ``since`` (ids grow with creation), None if none: a
-        listing of one task, without annotations or predictions."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since))
-        query = json.dumps({"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:created_at", "operator": "greater_or_equal", "type": "Datetime", "value": stamp}]},
-            "ordering": ["tasks:id"]})
-        first = self._read(lambda: next(iter(self.client.tasks.list(project=int(project), fields="task_only",
-                                                                    query=query, page_size=1)), None))
-        return None if first is None else int(first.id)
+    def changed_tasks(self, project: int, since: float) -> tuple[list[tuple[dict, dict]], list[int], int | None]:
+        """(labeled pairs as in tasks(), ids of every listed task, the smallest id of the tasks created after
+        ``since`` or None) of the tasks Label Studio updated after ``since`` (epoch seconds): creating,
+        changing and deleting annotations touch a task's updated_at. Tasks created since then are listed only
+        when annotated: an import of N tasks has nothing to reconcile, and listing them with their annotations
+        and predictions would cost the next run N tasks' worth of Label Studio's time."""
+        # ids grow with creation: one task of the listing ordered by id, without annotations or predictions
+        first = self._read(lambda: next(iter(self.client.tasks.list(
+            project=int(project), fields="task_only", page_size=1,
+            query=_query(_since("created_at", "greater_or_equal", since), ordering=["tasks:id"]))), None))
+        updated = _since("updated_at", "greater", since)
+        queries = [_query(updated, _since("created_at", "less", since))]
+        if first is not None:  # the two listings part the tasks by created_at
+            queries.append(_query(updated, _since("created_at", "greater_or_equal", since),
+                                  {"filter": "filter:tasks:total_annotations", "operator": "greater", **_COUNT}))
+        tasks = [task for query in queries for task in self._read(lambda query=query: list(self.client.tasks.list(
+            project=int(project), fields="all", query=query, page_size=500)))]
+        return _split(tasks)[0], [task.id for task in tasks], None if first is None else int(first.id)
 
     def project(self, project: int, fresh: bool = False):
         """The project's settings, read once per API object (a training run builds one): the run's

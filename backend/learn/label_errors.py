@@ -87,9 +87,9 @@ def neighbour_proba(X: np.ndarray, y: np.ndarray, n_classes: int, k: int = NEIGH
     ref = (np.arange(n) if n <= reference
            else np.sort(np.random.default_rng(seed).choice(n, reference, replace=False)))
     k = min(k, len(ref) - 1)
-    votes = np.zeros((n, n_classes))
     if k < 1:
         return np.full((n, n_classes), 1.0 / n_classes)
+    votes = np.zeros((n, n_classes))
     Zref, yref = Z[ref], y[ref]
     for start in range(0, n, chunk):
         rows = np.arange(start, min(start + chunk, n))
